@@ -1,0 +1,33 @@
+# Set-up and entry points. `make test` and `make demo` work on a fresh clone: they create .venv when missing,
+# install the CPU build of torch first (a bare `torch` requirement would pull several GB of CUDA), then the
+# project with its extras.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fwpkm-installed
+
+.PHONY: test demo install bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test,plots]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/fwpkm-rag demo
+
+bench: $(STAMP)
+	$(VENV)/bin/fwpkm-rag bench memory
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

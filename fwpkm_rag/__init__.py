@@ -1,0 +1,35 @@
+"""fwpkm-rag: a language model with Fast-weight Product Key Memory as the retrieval index.
+
+`import fwpkm_rag` stays light (torch only): heavier parts load on first use.
+"""
+from __future__ import annotations
+
+from fwpkm_rag.errors import ConfigError, FwPKMError, InputError, StateError, StateFormatError
+from fwpkm_rag.memory.config import FwPKMConfig
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "FwPKM": "fwpkm_rag.memory",
+    "MemoryState": "fwpkm_rag.memory",
+    "fwpkm_forward": "fwpkm_rag.memory",
+    "get_tokenizer": "fwpkm_rag.tokenizer",
+}
+
+__all__ = [
+    "ConfigError",
+    "FwPKMConfig",
+    "FwPKMError",
+    "InputError",
+    "StateError",
+    "StateFormatError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fwpkm_rag' has no attribute {name!r}")

@@ -1,0 +1,27 @@
+"""Exception classes of fwpkm-rag.
+
+Every error the library raises on bad input derives from :class:`FwPKMError`, and also from the built-in class
+a caller would expect (``ValueError`` for a bad value, ``TypeError`` for a bad type), so ``except ValueError``
+keeps working.
+"""
+from __future__ import annotations
+
+
+class FwPKMError(Exception):
+    """Base class of every error raised by fwpkm-rag."""
+
+
+class ConfigError(FwPKMError, ValueError):
+    """A configuration value is out of range or inconsistent with another."""
+
+
+class InputError(FwPKMError, ValueError):
+    """A tensor or value handed to the library has the wrong shape, dtype, device or content."""
+
+
+class StateError(FwPKMError, ValueError):
+    """A memory state does not fit the layer or the call it is used with."""
+
+
+class StateFormatError(FwPKMError, ValueError):
+    """A saved memory state cannot be read: truncated, corrupted, or written by another format version."""

@@ -1,0 +1,362 @@
+"""The FwPKM memory as pure functions on tensors: read a chunk, write it, stream many chunks.
+
+`memory_chunk` is one read (+ optional write) of one chunk against one memory snapshot; `fwpkm_forward` is the
+paper's training forward as a pure function (the contract independent implementations are checked against);
+`stream_memory` runs a `MemoryState` over tokens arriving in calls of any length (spec §8).
+
+Shapes: B batch, L tokens in the chunk, T tokens in a call, H heads, k top-k, n sub-keys, N = n*n slots,
+G memory groups (1 when the batch shares one memory, B when each sequence has its own).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from torch import Tensor
+
+from fwpkm_rag.errors import InputError
+from fwpkm_rag.kernels import product_key_topk, read_weights, weighted_gather
+from fwpkm_rag.memory.addressing import addressing_key_grad, addressing_loss
+from fwpkm_rag.memory.config import FwPKMConfig
+from fwpkm_rag.memory.values import SparseValues
+
+if TYPE_CHECKING:
+    from fwpkm_rag.memory.state import MemoryState
+
+
+@dataclass
+class ChunkResult:
+    vhat: Tensor  # (B, L, v_dim) the reads, before the gate mix
+    keys: Tensor  # (G, 2Hn, k_dim/2) keys after the chunk (unchanged if not written)
+    values: SparseValues  # values after the chunk
+    slots: Tensor  # (B, L, H, k) slots read
+    weights: Tensor  # (B, L, H, k) read weights
+    write_gate: Optional[Tensor] = None  # (B, L) g_t where t had a target and was written, else 0
+    value_loss: Optional[Tensor] = None  # (G,) inner value loss before the write
+    addr_loss: Optional[Tensor] = None  # (G,) addressing loss before the write
+    pairs: Optional[Tensor] = None  # () number of (t, t+la) pairs written
+    refused: Optional[Tensor] = None  # (G,) bool, write refused by the divergence guard
+
+
+def lookahead_pairs(v: Tensor, g: Tensor, mask: Optional[Tensor], lookahead: int) -> tuple[Tensor, Tensor]:
+    """Targets v_{t+la} and write weights g_t * [t and t+la inside the chunk and not padded]: (B,L,d), (B,L)."""
+    B, L, d = v.shape
+    valid = torch.zeros(B, L, dtype=torch.bool, device=v.device)
+    if lookahead == 0:
+        target = v
+        valid[:] = True if mask is None else mask
+    else:
+        target = torch.cat([v[:, lookahead:], v.new_zeros(B, min(lookahead, L), d)], dim=1)
+        if L > lookahead:
+            valid[:, : L - lookahead] = True if mask is None else mask[:, : L - lookahead] & mask[:, lookahead:]
+    return target, g * valid
+
+
+def _to_groups(x: Tensor, shared: bool) -> Tensor:
+    """(B, L, ...) -> (1, B*L, ...) when the batch shares one memory, else unchanged."""
+    return x.reshape(1, -1, *x.shape[2:]) if shared else x
+
+
+def memory_chunk(
+    q: Tensor,
+    v: Tensor,
+    g: Tensor,
+    mask: Optional[Tensor],
+    keys: Tensor,
+    values: SparseValues,
+    cfg: FwPKMConfig,
+    *,
+    shared: bool,
+    write: bool,
+    inplace: bool = False,
+) -> ChunkResult:
+    """Read one chunk from (keys, values) and, if `write`, apply the chunk's fast-weight update.
+
+    q (B,L,H*k_dim), v (B,L,v_dim), g (B,L), mask (B,L) bool or None; keys (G,2Hn,k_dim/2).
+    Every token reads the memory as it was before the chunk; the update is one SGD step (spec §6).
+    """
+    B, L, _ = q.shape
+    H, k = cfg.heads, cfg.topk
+    outer = torch.is_grad_enabled()  # is an outer loss being recorded through this update?
+    oracle = write and cfg.inner_grad == "autograd"
+    with torch.enable_grad() if oracle else nullcontext():
+        qg = _to_groups(q.reshape(B, L, H, cfg.k_dim), shared)
+        K = keys
+        if oracle and not (outer and keys.requires_grad):
+            K = keys.detach().requires_grad_()
+        slots, scores, sub = product_key_topk(qg, K, topk=k, score=cfg.score, eps=cfg.eps)
+        w = read_weights(scores)
+        rows = values.gather(slots)  # (G, R, H, k, v_dim)
+        if oracle and not (outer and rows.requires_grad):
+            rows = rows.detach().requires_grad_()
+        vhat = weighted_gather(rows, w)  # (G, R, v_dim)
+        result = ChunkResult(vhat.reshape(B, L, -1), keys, values, slots.reshape(B, L, H, k), w.reshape(B, L, H, k))
+        if not write:
+            return result
+        target, pair_w = lookahead_pairs(v, g, mask, cfg.lookahead)
+        target, pair_w = _to_groups(target, shared), _to_groups(pair_w, shared)
+        err = vhat - target
+        value_loss = 0.5 * (pair_w * err.pow(2).sum(-1)).sum(-1)  # (G,)
+        use_keys = cfg.addr_weight > 0
+        addr, p, usage = addressing_loss(sub, k)
+        if oracle:
+            (grad_rows,) = torch.autograd.grad(value_loss.sum(), rows, create_graph=outer)
+            grad_keys = torch.autograd.grad(addr.sum(), K, create_graph=outer)[0] if use_keys else None
+        else:
+            # d(value_loss)/d(row read by entry (t, h, j)) = g_t * w_thj * (vhat_t - target_t)
+            grad_rows = w.unsqueeze(-1) * (pair_w.unsqueeze(-1) * err)[:, :, None, None, :]
+            grad_keys = addressing_key_grad(qg, K, sub, p, usage, score=cfg.score) if use_keys else None
+    if not outer:
+        vhat, grad_rows = vhat.detach(), grad_rows.detach()
+        grad_keys = grad_keys.detach() if grad_keys is not None else None
+        result.vhat, result.weights = result.vhat.detach(), result.weights.detach()
+
+    # Per-slot read counts over every read of the chunk (last and padded tokens included), 0 -> 1.
+    flat = values.flat_keys(slots)  # (G, R, H, k)
+    counts = torch.bincount(flat.reshape(-1), minlength=values.groups * values.n_slots)
+    scale = (cfg.lr * k * H) / counts[flat].clamp_min(1).to(grad_rows.dtype)
+    entry_delta = -scale.unsqueeze(-1) * grad_rows  # (G, R, H, k, v_dim)
+    touched, inverse = torch.unique(flat.reshape(-1), return_inverse=True)
+    delta = grad_rows.new_zeros(touched.numel(), grad_rows.shape[-1]).index_add(
+        0, inverse, entry_delta.reshape(-1, grad_rows.shape[-1])
+    )
+    current = values.lookup(touched)
+    new_rows = current + delta
+    new_keys = K - (cfg.lr * cfg.addr_weight) * grad_keys if use_keys else keys
+
+    # Divergence guard: a group whose update is non-finite (or past max_slot_norm) keeps its memory.
+    row_ok = torch.isfinite(new_rows).all(-1)
+    if cfg.max_slot_norm is not None:
+        row_ok &= new_rows.detach().norm(dim=-1) <= cfg.max_slot_norm
+    group = torch.div(touched, values.n_slots, rounding_mode="floor")
+    ok = torch.ones(values.groups, dtype=torch.int32, device=q.device)
+    ok = ok.scatter_reduce(0, group, row_ok.int(), reduce="amin")
+    if use_keys:
+        ok &= torch.isfinite(new_keys).flatten(1).all(1).int()
+    ok = ok.bool()
+    if not bool(ok.all()):
+        keep = ok[group]
+        touched, new_rows = touched[keep], new_rows[keep]
+        if use_keys:
+            new_keys = torch.where(ok[:, None, None], new_keys, keys)
+    result.keys = new_keys
+    result.values = values.assign(touched, new_rows, inplace=inplace) if touched.numel() else values
+    result.write_gate = pair_w.reshape(B, L).detach()
+    result.value_loss = value_loss.detach()
+    result.addr_loss = addr.detach()
+    result.pairs = (pair_w.detach() > 0).sum()
+    result.refused = ~ok
+    return result
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"{name} contains NaN or Inf")
+
+
+def fwpkm_forward(
+    q: Tensor,
+    v: Tensor,
+    g: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    *,
+    chunk_size: int,
+    topk: int,
+    heads: int = 1,
+    lookahead: int = 1,
+    lr: float = 1.0,
+    addr_weight: float = 1.0,
+    score: str = "idw",
+    eps: float = 1e-3,
+    mask: Optional[Tensor] = None,
+    inner_grad: str = "analytic",
+):
+    """The paper's training forward of one FwPKM memory shared by the batch, as a pure function.
+
+    q (B,T,H*k_dim), v (B,T,v_dim), g (B,T), keys (2*H*n, k_dim/2), values (n*n, v_dim), mask (B,T) bool.
+    Chunks of `chunk_size` positions read the memory left by the previous chunk, then write it; every chunk
+    is written, the trailing partial one included. Returns (out, new_keys, new_values, aux) with out (B,T,v_dim)
+    the reads v̂ before the gate mix and aux a dict of diagnostics and the read slots/weights.
+    Inputs are never modified; outputs carry the autograd graph through every update.
+    """
+    if q.dim() != 3 or v.dim() != 3 or g.dim() != 2:
+        raise InputError(f"expected q (B,T,H*k_dim), v (B,T,v_dim), g (B,T); got {tuple(q.shape)}, {tuple(v.shape)}, {tuple(g.shape)}")
+    B, T, qd = q.shape
+    if heads <= 0 or qd % heads or (qd // heads) % 2:
+        raise InputError(f"q width {qd} must be heads ({heads}) x an even k_dim")
+    k_dim = qd // heads
+    if keys.dim() != 2 or keys.shape[1] != k_dim // 2 or keys.shape[0] % (2 * heads):
+        raise InputError(f"keys must be (2*heads*n, k_dim/2) = (2*{heads}*n, {k_dim // 2}), got {tuple(keys.shape)}")
+    n = keys.shape[0] // (2 * heads)
+    if values.dim() != 2 or values.shape[0] != n * n:
+        raise InputError(f"values must be (n*n, v_dim) with n = {n}, got {tuple(values.shape)}")
+    if v.shape[:2] != (B, T) or g.shape != (B, T) or v.shape[2] != values.shape[1]:
+        raise InputError(f"v must be (B,T,v_dim) = ({B},{T},{values.shape[1]}) and g (B,T); got {tuple(v.shape)}, {tuple(g.shape)}")
+    if mask is not None and (mask.shape != (B, T) or mask.dtype != torch.bool):
+        raise InputError(f"mask must be a bool tensor of shape ({B},{T}), got {mask.dtype} {tuple(mask.shape)}")
+    for name, x in (("q", q), ("v", v), ("g", g), ("keys", keys), ("values", values)):
+        if not x.is_floating_point():
+            raise InputError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        if x.device != q.device:
+            raise InputError(f"{name} is on {x.device} but q is on {q.device}")
+        _check_finite(name, x)
+    cfg = FwPKMConfig(
+        n_subkeys=n, k_dim=k_dim, v_dim=values.shape[1], heads=heads, topk=topk, chunk_size=chunk_size,
+        lookahead=lookahead, lr=lr, addr_weight=addr_weight, score=score, eps=eps, inner_grad=inner_grad,
+        mode="shared", check_inputs=False,
+    )
+    table = SparseValues.fresh(values, 1)
+    K = keys.unsqueeze(0)
+    outs, slots, weights, gates, vloss, aloss, pairs = [], [], [], [], [], [], []
+    for start in range(0, T, chunk_size):
+        part = slice(start, min(start + chunk_size, T))
+        res = memory_chunk(
+            q[:, part], v[:, part], g[:, part], None if mask is None else mask[:, part], K, table, cfg,
+            shared=True, write=True, inplace=start > 0 and not torch.is_grad_enabled(),
+        )
+        K, table = res.keys, res.values
+        outs.append(res.vhat), slots.append(res.slots), weights.append(res.weights), gates.append(res.write_gate)
+        vloss.append(res.value_loss), aloss.append(res.addr_loss), pairs.append(res.pairs)
+    out = torch.cat(outs, 1) if outs else v.new_zeros(B, 0, values.shape[1])
+    aux = {
+        "slots": torch.cat(slots, 1) if slots else None,
+        "weights": torch.cat(weights, 1) if weights else None,
+        "write_gate": torch.cat(gates, 1) if gates else None,
+        "value_loss": torch.stack(vloss).sum() / torch.stack(pairs).sum().clamp_min(1) if vloss else None,
+        "addr_loss": torch.stack(aloss).mean() if aloss else None,
+    }
+    return out, K[0], table.dense(0), aux
+
+
+@dataclass
+class StreamResult:
+    vhat: Tensor  # (B, T, v_dim) reads of the call's tokens
+    state: "MemoryState"
+    slots: Tensor  # (B, T, H, k) slots each token read
+    weights: Tensor  # (B, T, H, k) read weights
+    writes: list  # one dict per chunk written in this call: chunk, slots, strength (B, L, H, k)
+    value_loss: Optional[Tensor]  # () mean inner value loss per written pair, over the call's writes
+    addr_loss: Optional[Tensor]  # () mean addressing loss over the call's writes
+    refused: int  # writes refused by the divergence guard in this call (groups x chunks)
+
+
+def _write_record(chunk: int, res: ChunkResult) -> dict:
+    strength = res.weights * res.write_gate[..., None, None]  # gate x read weight: how strongly t wrote each slot
+    return {"chunk": chunk, "slots": res.slots, "strength": strength, "refused": res.refused}
+
+
+def stream_memory(
+    q: Tensor,
+    v: Tensor,
+    g: Tensor,
+    mask: Optional[Tensor],
+    state: "MemoryState",
+    *,
+    read_only: bool = False,
+    inplace: bool = False,
+) -> StreamResult:
+    """Run a call's tokens through a memory state under the fixed chunk schedule of spec §8.
+
+    Token t of the stream reads the memory left by all complete chunks before ⌊t/C⌋. When a chunk completes
+    (queued tokens + this call's) it is written; an incomplete tail is queued in the returned state. So one
+    call, calls of any split, and token-by-token calls give the same reads and the same memory.
+    With `read_only` nothing is written or queued and the memory part of the state is returned unchanged.
+    With `inplace` (only without autograd) the state's tensors are updated in place instead of copied.
+    """
+    cfg = state.config
+    C = cfg.chunk_size
+    B, T, _ = q.shape
+    shared = state.mode == "shared"
+    if mask is None:
+        mask = torch.ones(B, T, dtype=torch.bool, device=q.device)
+    keys, values = state.keys, state.values
+    grad = torch.is_grad_enabled()
+    private = inplace and not grad  # may this call write into the state's own tensors?
+    outs, slots, weights, writes, vloss, aloss, pairs, refused = [], [], [], [], [], [], [], []
+    pq, pv, pg, pm = state.pending_q, state.pending_v, state.pending_g, state.pending_mask
+    position, updates = state.position, state.updates
+    refused_total = state.refused
+    cursor = 0
+    while cursor < T:
+        need = C - (position % C) if not read_only else C
+        take = min(need, T - cursor)
+        part = slice(cursor, cursor + take)
+        if read_only or take < need:
+            res = memory_chunk(q[:, part], v[:, part], g[:, part], mask[:, part], keys, values, cfg, shared=shared, write=False)
+            if not read_only:
+                pq, pv = torch.cat([pq, q[:, part]], 1), torch.cat([pv, v[:, part]], 1)
+                pg, pm = torch.cat([pg, g[:, part]], 1), torch.cat([pm, mask[:, part]], 1)
+        else:
+            if not grad and not private:
+                values = SparseValues(values.base, values.slot_map.clone(), values.rows.clone())
+                private = True
+            res = memory_chunk(
+                torch.cat([pq, q[:, part]], 1), torch.cat([pv, v[:, part]], 1), torch.cat([pg, g[:, part]], 1),
+                torch.cat([pm, mask[:, part]], 1), keys, values, cfg, shared=shared, write=True,
+                inplace=private and not grad,
+            )
+            keys, values = res.keys, res.values
+            writes.append(_write_record(position // C, res))
+            vloss.append(res.value_loss.sum()), aloss.append(res.addr_loss.mean()), pairs.append(res.pairs)
+            refused.append(res.refused)
+            refused_total = refused_total + res.refused.long()
+            updates += 1
+            res.vhat, res.slots, res.weights = res.vhat[:, -take:], res.slots[:, -take:], res.weights[:, -take:]
+            pq, pv, pg, pm = pq[:, :0], pv[:, :0], pg[:, :0], pm[:, :0]
+        outs.append(res.vhat), slots.append(res.slots), weights.append(res.weights)
+        position += take if not read_only else 0
+        cursor += take
+    H, k = cfg.heads, cfg.topk
+    new_state = state if read_only else replace(
+        state, keys=keys, values=values, position=position, pending_q=pq, pending_v=pv, pending_g=pg,
+        pending_mask=pm, updates=updates, refused=refused_total,
+    )
+    return StreamResult(
+        vhat=torch.cat(outs, 1) if outs else v.new_zeros(B, 0, cfg.v_dim),
+        state=new_state,
+        slots=torch.cat(slots, 1) if slots else torch.zeros(B, 0, H, k, dtype=torch.long, device=q.device),
+        weights=torch.cat(weights, 1) if weights else q.new_zeros(B, 0, H, k),
+        writes=writes,
+        value_loss=torch.stack(vloss).sum() / torch.stack(pairs).sum().clamp_min(1) if vloss else None,
+        addr_loss=torch.stack(aloss).mean() if aloss else None,
+        refused=int(torch.stack(refused).sum()) if refused else 0,
+    )
+
+
+def flush_memory(state: "MemoryState", *, inplace: bool = False) -> StreamResult:
+    """Write the queued tokens of an incomplete chunk now (end of a document, before a question).
+
+    The stream position is unchanged, so later chunk boundaries stay at multiples of C from the stream start.
+    """
+    cfg = state.config
+    B, P = state.batch_size, state.pending
+    H, k = cfg.heads, cfg.topk
+    empty = StreamResult(
+        state.pending_v.new_zeros(B, 0, cfg.v_dim), state,
+        torch.zeros(B, 0, H, k, dtype=torch.long, device=state.device), state.pending_v.new_zeros(B, 0, H, k),
+        [], None, None, 0,
+    )
+    if P == 0:
+        return empty
+    values = state.values
+    grad = torch.is_grad_enabled()
+    if not grad and not inplace:
+        values = SparseValues(values.base, values.slot_map.clone(), values.rows.clone())
+    res = memory_chunk(
+        state.pending_q, state.pending_v, state.pending_g, state.pending_mask, state.keys, values, cfg,
+        shared=state.mode == "shared", write=True, inplace=not grad,
+    )
+    new_state = replace(
+        state, keys=res.keys, values=res.values, pending_q=state.pending_q[:, :0], pending_v=state.pending_v[:, :0],
+        pending_g=state.pending_g[:, :0], pending_mask=state.pending_mask[:, :0], updates=state.updates + 1,
+        refused=state.refused + res.refused.long(),
+    )
+    empty.state = new_state
+    empty.writes = [_write_record(state.position // cfg.chunk_size, res)]
+    empty.value_loss = res.value_loss.sum() / res.pairs.clamp_min(1)
+    empty.addr_loss = res.addr_loss.mean()
+    empty.refused = int(res.refused.sum())
+    return empty

@@ -1,0 +1,1 @@
+"""Ingestion, provenance retrieval, LangChain integration and benchmarks (being built; see the issues)."""

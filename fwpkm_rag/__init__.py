@@ -14,6 +14,10 @@ _LAZY = {
     "MemoryState": "fwpkm_rag.memory",
     "fwpkm_forward": "fwpkm_rag.memory",
     "get_tokenizer": "fwpkm_rag.tokenizer",
+    "FwPKMForCausalLM": "fwpkm_rag.model",
+    "FwPKMModelConfig": "fwpkm_rag.model",
+    "FwPKMCache": "fwpkm_rag.model",
+    "load_default_model": "fwpkm_rag.default_model",
 }
 
 __all__ = [

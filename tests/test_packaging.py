@@ -17,7 +17,8 @@ def test_wheel_maps_subpackages_under_fwpkm_rag(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"fwpkm_rag"}, tops
-    for module in ("memory/core.py", "memory/naive.py", "kernels/torch_ops.py", "pipelines/__init__.py", "cli.py"):
+    for module in ("memory/core.py", "memory/naive.py", "kernels/torch_ops.py", "pipelines/__init__.py", "cli.py",
+                   "modeling/model.py", "data/needles.py", "training/loop.py"):
         assert f"fwpkm_rag/{module}" in names, module
 
 

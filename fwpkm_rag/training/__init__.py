@@ -1,0 +1,1 @@
+"""Training the FwPKM language model: recall-ready initialisation, offline data mix, the training loop."""

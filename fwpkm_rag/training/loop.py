@@ -1,0 +1,277 @@
+"""The training loop: `fwpkm-rag train --preset tiny`.
+
+Trains through the memory updates (each sequence has its own isolated memory; the LM loss back-propagates
+through every unrolled write). Seeded and resumable; CPU by default, CUDA when present, several GPUs through
+torchrun (DDP, one process per GPU). Writes checkpoints (transformers safetensors + config; optimizer state
+in safetensors, no pickle), a JSON log and a loss-curve PNG.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from fwpkm_rag.training.data import CURRICULUM, EpisodeMaker, Stage
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    out_dir: str = "runs/tiny"
+    seed: int = 0
+    lr: float = 1e-3
+    warmup: int = 30
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    max_steps: Optional[int] = None  # stop early (smoke runs); None = the whole curriculum
+    stage_steps: Optional[tuple] = None  # override the steps of each curriculum stage
+    log_every: int = 10
+    save_every: int = 100
+    threads: int = 1
+    resume: bool = True
+    recall_init: bool = True
+
+
+def _dist():
+    """(rank, world, device) under torchrun, else (0, 1, cuda-or-cpu)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        rank = dist.get_rank()
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return rank, world, device
+    return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(preset: str, recall_init: bool = True, seed: int = 0):
+    from fwpkm_rag.modeling.config import FwPKMModelConfig
+    from fwpkm_rag.modeling.model import FwPKMForCausalLM
+    from fwpkm_rag.training.init import recall_ready_init
+
+    torch.manual_seed(seed)
+    model = FwPKMForCausalLM(FwPKMModelConfig.preset(preset))
+    if recall_init:
+        recall_ready_init(model, layer=model.config.fwpkm_layers[0], seed=seed)
+    return model
+
+
+def weighted_lm_loss(model, ids: torch.Tensor, weights: torch.Tensor, return_memory: bool = False):
+    """Next-token cross-entropy at the scored positions only (the tied head over 8K tokens is the costliest
+    matmul of a step, so unscored positions are never projected). Returns (loss, answer_loss, output)."""
+    out = model(ids, use_cache=False, output_hidden_states=True, logits_to_keep=1, return_memory=return_memory)
+    hidden = out.hidden_states[:, :-1]  # (B, T-1, d), already final-normed
+    target, w = ids[:, 1:], weights[:, 1:]
+    sel = w > 0
+    logits = model.lm_head(hidden[sel])  # (S, vocab)
+    ce = F.cross_entropy(logits.float(), target[sel], reduction="none")
+    loss = (ce * w[sel]).sum() / w[sel].sum().clamp_min(1)
+    answers = w[sel] > 1
+    answer_loss = ce[answers].mean() if answers.any() else ce.new_tensor(float("nan"))
+    return loss, answer_loss, out
+
+
+def _optimizer(model, cfg: TrainConfig):
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _save_optimizer(opt, path: str) -> None:
+    from safetensors.torch import save_file
+
+    state = opt.state_dict()
+    tensors, meta = {}, {"param_groups": json.dumps([{k: v for k, v in g.items()} for g in state["param_groups"]])}
+    for pid, st in state["state"].items():
+        for name, value in st.items():
+            tensors[f"{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, path, metadata=meta)
+
+
+def _load_optimizer(opt, path: str) -> None:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        groups = json.loads(fh.metadata()["param_groups"])
+        state: dict = {}
+        for key in fh.keys():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = fh.get_tensor(key)
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _schedule(cfg: TrainConfig) -> list[Stage]:
+    stages = list(CURRICULUM)
+    if cfg.stage_steps is not None:
+        stages = [replace(s, steps=n) for s, n in zip(stages, cfg.stage_steps)]
+    return stages
+
+
+def _stage_at(stages: list[Stage], step: int) -> Stage:
+    for s in stages:
+        if step < s.steps:
+            return s
+        step -= s.steps
+    return stages[-1]
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) the curriculum; returns the final log record."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    rank, world, device = _dist()
+    stages = _schedule(cfg)
+    total = sum(s.steps for s in stages)
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    ckpt = os.path.join(cfg.out_dir, "checkpoint")
+    log_path = os.path.join(cfg.out_dir, "log.jsonl")
+
+    step, history = 0, []
+    if cfg.resume and os.path.exists(os.path.join(ckpt, "trainer_state.json")):
+        from fwpkm_rag.modeling.model import FwPKMForCausalLM
+
+        model = FwPKMForCausalLM.from_pretrained(ckpt)
+        trainer_state = json.load(open(os.path.join(ckpt, "trainer_state.json")))
+        step = trainer_state["step"]
+        if os.path.exists(log_path):
+            history = [json.loads(line) for line in open(log_path)]
+    else:
+        model = build_model(cfg.preset, cfg.recall_init, cfg.seed)
+    model.to(device).train()
+    opt = _optimizer(model, cfg)
+    if step and os.path.exists(os.path.join(ckpt, "optimizer.safetensors")):
+        _load_optimizer(opt, os.path.join(ckpt, "optimizer.safetensors"))
+    wrapped = model
+    if world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    # Each step's batch is a function of (seed, rank, step): resuming needs no data state.
+    maker = EpisodeMaker(model.get_tokenizer(), seed=cfg.seed * 1000 + rank)
+    random.seed(cfg.seed + step)
+    torch.manual_seed(cfg.seed + step)
+
+    bar = tqdm(total=total, initial=step, disable=rank != 0, desc="train", unit="step")
+    tokens_seen, t0 = 0, time.perf_counter()
+    record: dict = {}
+    while step < total:
+        stage = _stage_at(stages, step)
+        ids, weights, is_fact = (x.to(device) for x in maker.batch(stage, step))
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, total, cfg)
+        log_now = (step + 1) % cfg.log_every == 0 or step + 1 == total
+        loss, answer_loss, out = weighted_lm_loss(wrapped.module if world > 1 else model, ids, weights, return_memory=log_now)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if world > 1:
+            for p in model.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        step += 1
+        tokens_seen += ids.numel() * world
+        rate = tokens_seen / (time.perf_counter() - t0)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", ans=f"{answer_loss.item():.3f}", tok_s=f"{rate:,.0f}", stage=stage.name[0])
+        if log_now and rank == 0:
+            record = {"step": step, "stage": stage.name, "loss": loss.item(), "answer_loss": answer_loss.item(),
+                      "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"], "tokens_per_s": rate,
+                      "time": time.time()}
+            for i, (slots, w, gate) in enumerate(out.memory_reads):
+                fact = is_fact[:, : gate.shape[1]]
+                record[f"gate{i}_filler"] = gate[~fact].mean().item()
+                record[f"gate{i}_fact"] = gate[fact].mean().item() if fact.any() else float("nan")
+            history.append(record)
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if rank == 0 and (step % cfg.save_every == 0 or step == total):
+            save_checkpoint(model, opt, ckpt, step, cfg)
+            plot_losses(history, os.path.join(cfg.out_dir, "loss.png"))
+    bar.close()
+    return record
+
+
+def save_checkpoint(model, opt, path: str, step: int, cfg: TrainConfig) -> None:
+    """Model (safetensors + config), optimizer (safetensors) and step, written to a temp folder then renamed."""
+    import shutil
+
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    _save_optimizer(opt, os.path.join(tmp, "optimizer.safetensors"))
+    with open(os.path.join(tmp, "trainer_state.json"), "w") as fh:
+        json.dump({"step": step, "config": asdict(cfg)}, fh, indent=2, default=list)
+    old = path + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def plot_losses(history: list, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    if not history:
+        return
+    steps = [r["step"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot(steps, [r["loss"] for r in history], label="weighted loss")
+    ax1.plot(steps, [r["answer_loss"] for r in history], label="answer-token loss")
+    ax1.set_xlabel("step")
+    ax1.set_yscale("log")
+    ax1.legend()
+    for key in sorted(k for k in history[-1] if k.startswith("gate")):
+        ax2.plot(steps, [r.get(key, float("nan")) for r in history], label=key)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("mean gate")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def answer_accuracy(model, batches, *, read_only: bool = False) -> float:
+    """Teacher-forced accuracy on answer-value tokens (loss weight > 1) of the given (ids, weights, _) batches.
+
+    With read_only=True every memory write is off: answers sit beyond the attention window, so this is the
+    memory-frozen ablation."""
+    hit = total = 0
+    for ids, weights, _ in batches:
+        logits = model(ids, use_cache=False, read_only=read_only).logits  # (B, T, vocab)
+        pred = logits[:, :-1].argmax(-1)
+        sel = weights[:, 1:] > 1
+        hit += int((pred[sel] == ids[:, 1:][sel]).sum())
+        total += int(sel.sum())
+    return hit / max(total, 1)

@@ -154,13 +154,10 @@ def run_memory_bench(out_dir: str = "results", quick: bool = False, threads: int
 
 
 def _plot_capacity(capacity: list, capacity_n: int, path: str) -> None:
-    try:
-        import matplotlib
+    from fwpkm_rag.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: skipping the capacity plot (pip install 'fwpkm-rag[plots]')")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for passes in sorted({c["passes"] for c in capacity}):

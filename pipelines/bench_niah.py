@@ -144,12 +144,10 @@ def _bucket(result, lengths) -> int:
 
 
 def plot_niah(results, lengths, depths, distractors, path: str) -> None:
-    try:
-        import matplotlib
+    from fwpkm_rag.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, len(distractors) + 1, figsize=(4 * (len(distractors) + 1), 3.2), squeeze=False)
     panels = [(n, False) for n in distractors] + [(None, True)]

@@ -235,12 +235,10 @@ def save_checkpoint(model, opt, path: str, step: int, cfg: TrainConfig) -> None:
 
 
 def plot_losses(history: list, path: str) -> None:
-    try:
-        import matplotlib
+    from fwpkm_rag.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     if not history:
         return

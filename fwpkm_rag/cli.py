@@ -1,13 +1,8 @@
-"""The `fwpkm-rag` command line: demo, bench, and (as their issues land) ingest, ask, train."""
+"""The `fwpkm-rag` command line: demo, ingest, ask, train, bench."""
 from __future__ import annotations
 
 import argparse
 import sys
-
-PENDING = {
-    "ingest": "streaming ingestion into a store (the RAG component)",
-    "ask": "retrieval and answers from a store (the RAG component)",
-}
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -51,12 +46,83 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pending(name: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"fwpkm-rag {name}: not available yet — {PENDING[name]} has not landed.", file=sys.stderr)
-        return 2
+def _load_model(path):
+    if path:
+        from fwpkm_rag.modeling.model import FwPKMForCausalLM
 
-    return run
+        return FwPKMForCausalLM.from_pretrained(path).eval()
+    from fwpkm_rag.default_model import load_default_model
+
+    return load_default_model()
+
+
+def _fail(message: str) -> int:
+    print(f"fwpkm-rag: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    import torch
+
+    from fwpkm_rag.errors import FwPKMError
+    from fwpkm_rag.pipelines.langchain import FwPKMStore
+
+    torch.set_num_threads(args.threads)
+    missing = [p for p in args.paths if not os.path.isfile(p)]
+    if missing:
+        return _fail(f"not a file: {', '.join(missing)}")
+    try:
+        model = _load_model(args.model)
+        if os.path.exists(os.path.join(args.store, "CURRENT")):
+            store = FwPKMStore.load(args.store, model=model, show_progress=True)
+            print(f"extending the store in {args.store} ({len(store)} documents)")
+        else:
+            store = FwPKMStore(model=model, chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap,
+                               show_progress=True)
+        before, start = store.index.tokens_ingested, time.perf_counter()
+        ids = store.add_files(args.paths, passes=args.passes)
+        seconds = time.perf_counter() - start
+        tokens = store.index.tokens_ingested - before
+        snapshot = store.save(args.store)
+    except (FwPKMError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"ingested {len(ids)} file(s), {tokens:,} tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s); "
+          f"store: {len(store)} documents, {store.index.n_live_chunks} chunks, index {store.index.nbytes() / 2**20:.1f} MiB; "
+          f"saved to {snapshot}")
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from fwpkm_rag.errors import FwPKMError
+    from fwpkm_rag.pipelines.langchain import ChatFwPKM, FwPKMStore
+
+    torch.set_num_threads(args.threads)
+    try:
+        store = FwPKMStore.load(args.store, model=_load_model(args.model))
+        start = time.perf_counter()
+        hits = store.search_with_provenance(args.question, k=args.k)
+        ms = 1000 * (time.perf_counter() - start)
+    except (FwPKMError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"question: {args.question}\nretrieved {len(hits)} chunk(s) in {ms:.1f} ms:")
+    for h in hits:
+        source = h.metadata.get("source", h.doc_id)
+        text = " ".join(h.text.split())
+        text = text if len(text) <= 300 else text[:297] + "..."
+        print(f"  [{h.rank + 1}] score {h.score:8.3f}  {source} #chunk {h.chunk_index}\n      {text}")
+    if not args.no_answer:
+        chat = ChatFwPKM(store=store, max_tokens=args.max_tokens, prompt_format=args.prompt_format)
+        start = time.perf_counter()
+        answer = chat.invoke(args.question)
+        print(f"answer ({1000 * (time.perf_counter() - start):.0f} ms): {answer.text.strip()}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,8 +153,26 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     tr.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
     tr.set_defaults(run=_train)
-    for name, what in PENDING.items():
-        sub.add_parser(name, help=f"(coming) {what}").set_defaults(run=_pending(name))
+    ing = sub.add_parser("ingest", help="stream text files into a store (created or extended), then save it")
+    ing.add_argument("paths", nargs="+", metavar="PATH", help="UTF-8 text files (each one document)")
+    ing.add_argument("--store", required=True, help="store folder (created if missing)")
+    ing.add_argument("--chunk-tokens", type=int, default=256, help="tokens per retrieval chunk (new stores; default 256)")
+    ing.add_argument("--chunk-overlap", type=int, default=0, help="tokens of overlap in returned chunk text (new stores)")
+    ing.add_argument("--passes", type=int, default=1, help="reading passes over each document (spec §9)")
+    ing.add_argument("--model", default=None, help="a model folder (default: the shipped model)")
+    ing.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ing.set_defaults(run=_ingest)
+    ask = sub.add_parser("ask", help="retrieve chunks for a question from a store and answer it from memory")
+    ask.add_argument("question")
+    ask.add_argument("--store", required=True, help="store folder written by `fwpkm-rag ingest`")
+    ask.add_argument("-k", type=int, default=4, help="chunks to retrieve (default 4)")
+    ask.add_argument("--no-answer", action="store_true", help="retrieval only, no generated answer")
+    ask.add_argument("--max-tokens", type=int, default=32, help="answer length limit in tokens (default 32)")
+    ask.add_argument("--prompt-format", default="qa", choices=["qa", "chat"],
+                     help="qa: 'Question: ...\\nAnswer:' (the shipped model's format, default); chat: role tokens")
+    ask.add_argument("--model", default=None, help="a model folder (default: the shipped model)")
+    ask.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ask.set_defaults(run=_ask)
     return parser
 
 

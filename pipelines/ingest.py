@@ -1,0 +1,281 @@
+"""Streaming ingestion: documents -> retrieval chunks -> the model's memory, with per-write provenance.
+
+`MemoryIndex` is the core of `FwPKMStore` (no LangChain here). It owns one isolated memory stream (a
+`FwPKMCache` of batch size 1), the provenance table, the documents (SQLite, on disk) and running counts of
+how many chunks contain each token (question-token idf).
+
+The stream. Documents are separated by the tokenizer's eos token: the stream reads
+
+    eos d1 eos d2 eos d3 eos | (next add call) d4 eos ...
+
+i.e. each document is followed by an eos (and the very first one preceded by one). The trailing eos gives a
+document's last token a lookahead target, so every token of the document writes the memory under its own
+key. Tokens go through the model in pieces of about `piece_tokens` (documents are packed into a piece until it
+is full: one model call serves many small documents); the memory's queued partial chunk is flushed at the
+end of every add call, so a question asked afterwards sees everything.
+
+Attribution. Every write record names the stream position of its first token ("start"); the token at
+position p belongs to the retrieval chunk whose core token span contains it (a document's leading/trailing
+eos to its first/last chunk). Each (slot, strength = gate x read weight) is recorded for that chunk in the
+provenance table of its FwPKM layer. Chunks are `chunk_tokens` tokens of the document; `chunk_overlap` only
+widens the returned text to the left, attribution uses the non-overlapping core spans.
+
+Nothing but the current piece, the provenance table (fixed size) and a map of the still-unwritten positions
+is held in RAM: an iterable/generator of any length streams through at flat memory.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+import uuid
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from fwpkm_rag.errors import ConfigError, InputError
+from fwpkm_rag.pipelines.docstore import DocStore, dump_metadata
+from fwpkm_rag.pipelines.provenance import ProvenanceTable
+
+
+def token_byte_lengths(tok) -> np.ndarray:
+    """(vocab,) UTF-8 byte length of every token of `tok` (special tokens: their names' bytes)."""
+    cached = getattr(tok, "_fwpkm_byte_lengths", None)
+    if cached is None:
+        enc = tok._enc
+        lengths = [len(enc.decode_single_token_bytes(i)) for i in range(tok.vocab_size)]
+        cached = np.asarray(lengths, dtype=np.int64)
+        try:
+            tok._fwpkm_byte_lengths = cached
+        except AttributeError:  # pragma: no cover - slotted tokenizer
+            pass
+    return cached
+
+
+def chunk_spans(text: str, ids: list[int], tok, chunk_tokens: int, chunk_overlap: int) -> list[tuple]:
+    """Split a document's tokens into retrieval chunks.
+
+    Returns (idx, chunk text, core_offset, tok_start, tok_end) per chunk: core token spans
+    [i*chunk_tokens, (i+1)*chunk_tokens); the text covers [tok_start - chunk_overlap, tok_end) and is an exact
+    substring of `text` (cuts are moved back to a character boundary when a token splits a character).
+
+    langchain-text-splitters' `split_text_on_tokens` returns decoded strings without their token spans, and
+    decoding a slice that cuts a multi-byte character garbles it; attribution needs the spans, so we slice the
+    token ids and cut the original text at the tokens' byte offsets instead.
+    """
+    n = len(ids)
+    if n == 0:
+        return [(0, text, 0, 0, 0)]
+    raw = text.encode("utf-8")
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(token_byte_lengths(tok)[np.asarray(ids)], out=offsets[1:])
+    if offsets[-1] != len(raw):  # the tokenizer should round-trip exactly; fall back to decoded slices
+        offsets = None
+
+    def cut(tok_pos: int) -> int:  # byte offset of a token boundary, moved back to a character boundary
+        b = int(offsets[tok_pos])
+        while 0 < b < len(raw) and (raw[b] & 0xC0) == 0x80:
+            b -= 1
+        return b
+
+    out = []
+    for idx, start in enumerate(range(0, n, chunk_tokens)):
+        end = min(start + chunk_tokens, n)
+        left = max(0, start - chunk_overlap)
+        if offsets is None:
+            core = tok.decode(ids[start:end])
+            widened = tok.decode(ids[left:start]) + core
+        else:
+            b_left, b_start, b_end = cut(left), cut(start), cut(end) if end < n else len(raw)
+            widened = raw[b_left:b_end].decode("utf-8")
+            core = raw[b_start:b_end].decode("utf-8")
+        out.append((idx, widened, len(widened) - len(core), start, end))
+    return out
+
+
+class MemoryIndex:
+    """The model's memory as a retrieval index over a stream of documents (see the module docstring)."""
+
+    def __init__(self, model, *, chunk_tokens: int = 256, chunk_overlap: int = 0, piece_tokens: int = 2048,
+                 per_slot: int = 32, passes: int = 1, show_progress: bool = False, _docstore: Optional[DocStore] = None):
+        for name, value, low in (("chunk_tokens", chunk_tokens, 1), ("piece_tokens", piece_tokens, 1),
+                                 ("per_slot", per_slot, 1), ("passes", passes, 1), ("chunk_overlap", chunk_overlap, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        if chunk_overlap >= chunk_tokens:
+            raise ConfigError(f"chunk_overlap ({chunk_overlap}) must be smaller than chunk_tokens ({chunk_tokens})")
+        if not model.config.fwpkm_layers:
+            raise ConfigError("the model has no FwPKM layer: it has no memory to index documents with")
+        self.model = model
+        self.tok = model.get_tokenizer()
+        self.chunk_tokens, self.chunk_overlap, self.piece_tokens = chunk_tokens, chunk_overlap, piece_tokens
+        self.passes, self.show_progress = passes, show_progress
+        self.device = model.embed_tokens.weight.device
+        self.cache = model.init_cache(1)
+        n_slots = model.config.fwpkm_config.n_slots
+        self.provenance = ProvenanceTable(len(model.config.fwpkm_layers), n_slots, per_slot)
+        self.chunk_df = torch.zeros(model.config.vocab_size, dtype=torch.int64)  # chunks containing each token
+        self.docs = _docstore if _docstore is not None else DocStore()
+        self.next_chunk = 0  # chunk ids are global and never reused
+        self.next_seq = 0  # insertion order of documents
+        self.tokens_ingested = 0
+        self.at_boundary = False  # the stream ends with an eos separator
+        self.lock = threading.RLock()
+        # positions of the stream not yet written to memory -> chunk id (sorted segment starts)
+        self._seg_start: list[int] = []
+        self._seg_chunk: list[int] = []
+
+    # ---- properties -----------------------------------------------------------------------------------------
+    @property
+    def eos(self) -> int:
+        return self.tok.eos_id
+
+    @property
+    def n_live_chunks(self) -> int:
+        return int(self.provenance.alive.sum()) if self.provenance.n_chunks else 0
+
+    def nbytes(self) -> int:
+        """Resident bytes of the index: memory states + KV window + provenance table + token counts."""
+        return self.cache.nbytes() + self.provenance.nbytes() + self.chunk_df.numel() * 8
+
+    # ---- ingestion ------------------------------------------------------------------------------------------
+    def add(self, items: Iterable[tuple[Optional[str], str, Optional[dict]]], *, passes: Optional[int] = None,
+            show_progress: Optional[bool] = None) -> list[str]:
+        """Ingest (id or None, text, metadata or None) items from any iterable; returns the ids in order.
+
+        An id that is already in the store is replaced (its old chunks are never returned again).
+        """
+        passes = self.passes if passes is None else passes
+        progress = self.show_progress if show_progress is None else show_progress
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(unit="tok", unit_scale=True, desc="ingest", dynamic_ncols=True)
+        ids_out: list[str] = []
+        with self.lock, torch.no_grad():
+            piece: list[int] = []
+            try:
+                for n_done, (doc_id, text, metadata) in enumerate(items):
+                    doc_id = self._check_item(doc_id, text, metadata, n_done)
+                    body, starts, chunks = self._register(doc_id, text, metadata)
+                    ids_out.append(doc_id)
+                    for p in range(passes):
+                        base = self.cache.position + len(piece)
+                        if not self.at_boundary:  # the stream's very first document: lead with an eos
+                            piece.append(self.eos)
+                            shift = 1
+                        else:
+                            shift = 0
+                        self._seg_start += [base] + [base + shift + s for s in starts[1:]]
+                        self._seg_chunk += chunks
+                        piece += body
+                        self.at_boundary = True
+                        while len(piece) >= self.piece_tokens:
+                            self._run(piece[: self.piece_tokens], bar)
+                            piece = piece[self.piece_tokens:]
+                if piece:
+                    self._run(piece, bar)
+                self._record(self.cache.flush())
+                self._seg_start, self._seg_chunk = [], []
+            finally:
+                self._sync_meta()
+                self.docs.commit()
+                if bar is not None:
+                    bar.close()
+        return ids_out
+
+    def _check_item(self, doc_id, text, metadata, n: int) -> str:
+        if not isinstance(text, str):
+            raise InputError(f"document #{n}: text must be a str, got {type(text).__name__}")
+        if doc_id is None:
+            doc_id = str(uuid.uuid4())
+        if not isinstance(doc_id, str) or not doc_id:
+            raise InputError(f"document #{n}: id must be a non-empty str, got {doc_id!r}")
+        return doc_id
+
+    def _register(self, doc_id: str, text: str, metadata: Optional[dict]) -> tuple[list[int], list[int], list[int]]:
+        """Tokenize and chunk a document and store it. Returns its stream tokens (ids + eos), and per chunk the
+        offset of its first core token in them and its chunk id."""
+        meta_json = dump_metadata(metadata)
+        ids = self.tok.encode(text)
+        if self.docs.has(doc_id):
+            self.delete([doc_id])
+        spans = chunk_spans(text, ids, self.tok, self.chunk_tokens, self.chunk_overlap)
+        first = self.next_chunk
+        self.next_chunk += len(spans)
+        self.provenance.reserve(self.next_chunk)
+        rows = [(first + idx, idx, txt, off, s, e) for idx, txt, off, s, e in spans]
+        self.docs.add_document(doc_id, self.next_seq, meta_json, rows)
+        self.next_seq += 1
+        for idx, _, _, s, e in spans:
+            if e > s:
+                self.chunk_df[torch.unique(torch.as_tensor(ids[s:e]))] += 1
+        return ids + [self.eos], [s for _, _, _, s, _ in spans], [first + idx for idx, *_ in spans]
+
+    def _run(self, piece: list[int], bar) -> None:
+        start = time.perf_counter()
+        ids = torch.tensor([piece], dtype=torch.long, device=self.device)
+        out = self.model(ids, cache=self.cache, return_memory=True, logits_to_keep=1)
+        self._record(out.memory_writes)
+        self.tokens_ingested += len(piece)
+        self._prune()
+        if bar is not None:
+            bar.update(len(piece))
+            bar.set_postfix_str(f"{len(piece) / max(time.perf_counter() - start, 1e-9):,.0f} tok/s", refresh=False)
+
+    def _record(self, writes_per_layer: list) -> None:
+        """Attribute a call's write records to retrieval chunks; one provenance update per layer per call."""
+        if not self._seg_start:
+            return
+        seg_start = torch.tensor(self._seg_start, dtype=torch.long)
+        seg_chunk = torch.tensor(self._seg_chunk, dtype=torch.long)
+        for layer, writes in enumerate(writes_per_layer):
+            all_slots, all_chunks, all_strength = [], [], []
+            for w in writes:
+                slots, strength = w["slots"][0].cpu(), w["strength"][0].float().cpu()  # (L, H, k)
+                L = slots.shape[0]
+                if L == 0:
+                    continue
+                positions = torch.arange(w["start"], w["start"] + L)
+                seg = (torch.searchsorted(seg_start, positions, right=True) - 1).clamp_min(0)
+                all_slots.append(slots.reshape(-1))
+                all_chunks.append(seg_chunk[seg][:, None].expand(L, slots[0].numel()).reshape(-1))
+                all_strength.append(strength.reshape(-1))
+            if all_slots:
+                self.provenance.record(layer, torch.cat(all_slots), torch.cat(all_chunks), torch.cat(all_strength))
+
+    def _prune(self) -> None:
+        """Forget the segments whose positions are all written already."""
+        oldest = self.cache.position - max(self.cache.pending, default=0)
+        cut = bisect.bisect_right(self._seg_start, oldest) - 1
+        if cut > 0:
+            del self._seg_start[:cut], self._seg_chunk[:cut]
+
+    # ---- deletion -------------------------------------------------------------------------------------------
+    def delete(self, doc_ids: Optional[Iterable[str]] = None) -> None:
+        """Drop documents (all when None); their chunks never score again. Missing ids are ignored."""
+        with self.lock:
+            if doc_ids is None:
+                self.docs.delete_all()
+                self.provenance.alive[:] = False
+            else:
+                dropped = self.docs.delete_documents(doc_ids)
+                self.provenance.delete(dropped)
+            self.docs.commit()
+
+    # ---- idf ------------------------------------------------------------------------------------------------
+    def token_weights(self, ids: list[int]) -> torch.Tensor:
+        """idf of each question token over the ingested chunks: log(1 + (N + 1) / (df + 1))."""
+        n = float(self.next_chunk)
+        df = self.chunk_df[torch.as_tensor(ids, dtype=torch.long)].float()
+        return torch.log1p((n + 1.0) / (df + 1.0))
+
+    def _sync_meta(self) -> None:
+        self.docs.set_meta("counters", {"next_chunk": self.next_chunk, "next_seq": self.next_seq,
+                                        "tokens_ingested": self.tokens_ingested, "at_boundary": self.at_boundary})
+
+    def iter_documents(self) -> Iterator[tuple[str, str, dict]]:
+        for doc_id in self.docs.doc_ids():
+            yield from self.docs.get_documents([doc_id])

@@ -1,0 +1,381 @@
+"""LangChain integration: `FwPKMStore` (VectorStore), `FwPKMRetriever` (BaseRetriever), `ChatFwPKM` (BaseChatModel).
+
+Thin classes over the core in ingest.py / retrieval.py / persistence.py / generation.py.
+
+Two views of a search result (docs/usage.md):
+- `similarity_search[_with_score]` return Documents exactly as stored: page_content = the chunk text,
+  metadata = the parent document's metadata unchanged, id = the parent document's id (LangChain's contract).
+- `search_with_provenance` returns `Hit`s, and `FwPKMRetriever` (also `store.as_retriever()`) returns Documents
+  whose metadata carries one extra key, "fwpkm": {chunk_id, chunk_index, score, rank, source, matched_slots}.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, AsyncIterator, Iterable, Iterator, Optional, Sequence
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks.manager import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.vectorstores import VectorStore
+from pydantic import ConfigDict, Field
+
+from fwpkm_rag.errors import InputError
+from fwpkm_rag.pipelines.generation import GenerationStats, format_prompt, stream_generate
+from fwpkm_rag.pipelines.ingest import MemoryIndex
+from fwpkm_rag.pipelines.retrieval import Hit, query_cache, rank_chunks
+
+
+def _default_model():
+    from fwpkm_rag.default_model import load_default_model  # lazy: the shipped checkpoint is optional here
+
+    return load_default_model()
+
+
+def read_text_file(path) -> str:
+    """A file's text (UTF-8), with clear errors for missing, unreadable or non-UTF-8 files."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a folder: pass files (e.g. a shell glob of them)")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                         "convert it (e.g. iconv -t utf-8) or pass its text decoded yourself") from None
+
+
+class FwPKMStore(VectorStore):
+    """A LangChain vector store whose index is an FwPKM language model's memory (no embeddings).
+
+    `FwPKMStore(model=None, chunk_tokens=256, chunk_overlap=0, ...)`: with no model, the shipped default
+    (`fwpkm_rag.load_default_model()`). Each store has its own isolated memory (one collection).
+    """
+
+    def __init__(self, model=None, *, chunk_tokens: int = 256, chunk_overlap: int = 0, piece_tokens: int = 2048,
+                 per_slot: int = 32, passes: int = 1, show_progress: bool = False, _index: Optional[MemoryIndex] = None):
+        if _index is None:
+            model = model if model is not None else _default_model()
+            _index = MemoryIndex(model, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
+                                 piece_tokens=piece_tokens, per_slot=per_slot, passes=passes,
+                                 show_progress=show_progress)
+        self.index = _index
+
+    # ---- properties ---------------------------------------------------------------------------------------
+    @property
+    def model(self):
+        return self.index.model
+
+    @property
+    def embeddings(self) -> Optional[Embeddings]:
+        return None  # no embedding model: the memory is the index
+
+    def __len__(self) -> int:
+        return self.index.docs.n_documents()
+
+    def __repr__(self) -> str:
+        return (f"FwPKMStore(documents={len(self)}, chunks={self.index.n_live_chunks}, "
+                f"tokens_ingested={self.index.tokens_ingested}, chunk_tokens={self.index.chunk_tokens})")
+
+    # ---- adding -------------------------------------------------------------------------------------------
+    def add_texts(self, texts: Iterable[str], metadatas: Optional[Iterable[dict]] = None, *,
+                  ids: Optional[Iterable[Optional[str]]] = None, **kwargs: Any) -> list[str]:
+        """Stream texts (any iterable, e.g. a generator) into the memory; returns their ids."""
+        if isinstance(texts, str):
+            raise InputError("add_texts() takes an iterable of texts; wrap a single text in a list")
+        meta_it = iter(metadatas) if metadatas is not None else None
+        id_it = iter(ids) if ids is not None else None
+
+        def items():
+            for n, text in enumerate(texts):
+                meta = _next(meta_it, "metadatas", n) if meta_it is not None else None
+                doc_id = _next(id_it, "ids", n) if id_it is not None else None
+                yield doc_id, text, meta
+
+        return self.index.add(items(), **_add_kwargs(kwargs))
+
+    def add_documents(self, documents: Iterable[Document], **kwargs: Any) -> list[str]:
+        """Stream Documents (any iterable); ids from `ids=` or else each Document's own id (or new uuids)."""
+        ids = kwargs.pop("ids", None)
+        id_it = iter(ids) if ids is not None else None
+
+        def items():
+            for n, doc in enumerate(documents):
+                if not isinstance(doc, Document):
+                    raise InputError(f"add_documents() takes Documents, got {type(doc).__name__} at #{n}")
+                doc_id = _next(id_it, "ids", n) if id_it is not None else doc.id
+                yield doc_id, doc.page_content, dict(doc.metadata)
+
+        return self.index.add(items(), **_add_kwargs(kwargs))
+
+    def add_files(self, paths: Iterable, **kwargs: Any) -> list[str]:
+        """Ingest text files one by one (each a document; id = its path, metadata {"source": path})."""
+
+        def items():
+            for path in paths:
+                yield os.fspath(path), read_text_file(path), {"source": os.fspath(path)}
+
+        return self.index.add(items(), **_add_kwargs(kwargs))
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], embedding: Optional[Embeddings] = None,
+                   metadatas: Optional[Iterable[dict]] = None, *, ids: Optional[Iterable[str]] = None,
+                   model=None, **kwargs: Any) -> "FwPKMStore":
+        """A new store holding `texts`. `embedding` is accepted for LangChain compatibility and ignored."""
+        store_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _STORE_ARGS}
+        store = cls(model=model, **store_kwargs)
+        store.add_texts(texts, metadatas, ids=ids, **kwargs)
+        return store
+
+    @classmethod
+    def from_documents(cls, documents: Iterable[Document], embedding: Optional[Embeddings] = None, *,
+                       model=None, **kwargs: Any) -> "FwPKMStore":
+        store_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _STORE_ARGS}
+        store = cls(model=model, **store_kwargs)
+        store.add_documents(documents, **kwargs)
+        return store
+
+    # ---- deleting and reading back ------------------------------------------------------------------------
+    def delete(self, ids: Optional[Sequence[str]] = None, **kwargs: Any) -> Optional[bool]:
+        """Drop documents by id (all when ids is None); their chunks are never returned again."""
+        self.index.delete(None if ids is None else list(ids))
+        return True
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        return [Document(page_content=text, metadata=meta, id=doc_id)
+                for doc_id, text, meta in self.index.docs.get_documents(ids)]
+
+    # ---- search -------------------------------------------------------------------------------------------
+    def search_with_provenance(self, query: str, k: int = 4, *, matched_slots: int = 8) -> list[Hit]:
+        """Hits with their provenance: chunk id and index, score, rank, the parent's metadata, matched slots."""
+        return rank_chunks(self.index, query, k, with_matches=matched_slots > 0, match_top=matched_slots)
+
+    def similarity_search_with_score(self, query: str, k: int = 4, **kwargs: Any) -> list[tuple[Document, float]]:
+        return [(Document(page_content=h.text, metadata=h.metadata, id=h.doc_id), h.score)
+                for h in rank_chunks(self.index, query, k)]
+
+    def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, **kwargs)]
+
+    def _select_relevance_score_fn(self):
+        return lambda score: score / (1.0 + score)  # memory scores are >= 0; map to [0, 1)
+
+    def as_retriever(self, **kwargs: Any) -> "FwPKMRetriever":
+        """A FwPKMRetriever over this store (Documents with the "fwpkm" provenance metadata).
+
+        Accepts LangChain's `search_kwargs={"k": 4}` as well as `k=4`."""
+        search_kwargs = kwargs.pop("search_kwargs", None) or {}
+        kwargs.pop("search_type", None)
+        k = kwargs.pop("k", search_kwargs.get("k", 4))
+        return FwPKMRetriever(store=self, k=k, **kwargs)
+
+    # ---- persistence --------------------------------------------------------------------------------------
+    def save(self, directory) -> str:
+        """Snapshot the store into `directory` atomically; returns the snapshot folder."""
+        from fwpkm_rag.pipelines.persistence import save_index
+
+        return save_index(self.index, directory)
+
+    @classmethod
+    def load(cls, directory, model=None, **overrides: Any) -> "FwPKMStore":
+        """Load the current snapshot of a store folder. `model` must be the model it was built with (default:
+        the shipped model); raises ModelMismatchError otherwise, StateFormatError for a corrupted snapshot."""
+        from fwpkm_rag.pipelines.persistence import load_index
+
+        model = model if model is not None else _default_model()
+        return cls(_index=load_index(directory, model, **overrides))
+
+    def close(self) -> None:
+        self.index.docs.close()
+
+
+_STORE_ARGS = {"chunk_tokens", "chunk_overlap", "piece_tokens", "per_slot", "passes", "show_progress"}
+
+
+def _add_kwargs(kwargs: dict) -> dict:
+    out = {k: kwargs.pop(k) for k in ("passes", "show_progress") if k in kwargs}
+    return out
+
+
+def _next(it, what: str, n: int):
+    try:
+        return next(it)
+    except StopIteration:
+        raise InputError(f"{what} has fewer entries than the texts (ran out at #{n})") from None
+
+
+class FwPKMRetriever(BaseRetriever):
+    """Retriever over a FwPKMStore: Documents with the parent's metadata plus "fwpkm" provenance."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    store: Any
+    k: int = 4
+    matched_slots: int = 8
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                k: Optional[int] = None) -> list[Document]:
+        hits = self.store.search_with_provenance(query, self.k if k is None else k, matched_slots=self.matched_slots)
+        return [Document(page_content=h.text, metadata={**h.metadata, "fwpkm": h.provenance()}, id=h.doc_id)
+                for h in hits]
+
+    async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
+                                       k: Optional[int] = None) -> list[Document]:
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(None, self._get_relevant_documents, query,
+                                     run_manager=run_manager.get_sync(), k=k)
+
+
+def _role(message: BaseMessage) -> str:
+    kind = message.type
+    if kind in ("human", "user"):
+        return "user"
+    if kind in ("ai", "assistant"):
+        return "assistant"
+    if kind in ("system", "developer"):
+        return "system"
+    if kind == "tool":
+        return "user"
+    if kind == "chat":
+        role = getattr(message, "role", "user")
+        return role if role in ("system", "user", "assistant") else "user"
+    raise InputError(f"ChatFwPKM cannot format a {kind!r} message")
+
+
+class ChatFwPKM(BaseChatModel):
+    """A chat model that answers from an FwPKM model's memory by generation.
+
+    `ChatFwPKM(store=store)`: the store's model, reading the store's memory (read only: a question never changes
+    the store). `ChatFwPKM(model=m)`: a given FwPKMForCausalLM with a fresh memory per call. Neither: the
+    shipped default model with a fresh memory.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    store: Optional[Any] = Field(default=None, exclude=True)
+    model: Optional[Any] = Field(default=None, exclude=True)  # an FwPKMForCausalLM
+    model_name: str = "fwpkm-rag"
+    temperature: float = 0.0
+    max_tokens: Optional[int] = 32
+    top_p: float = 1.0
+    seed: Optional[int] = 0
+    timeout: Optional[float] = None
+    stop: Optional[list[str]] = Field(default=None, alias="stop_sequences")
+    max_retries: int = 0  # local model: nothing to retry; accepted for LangChain compatibility
+    prompt_format: str = "chat"  # "chat" (role special tokens) or "qa" ("Question: ...\nAnswer:")
+
+    @property
+    def _llm_type(self) -> str:
+        return "fwpkm-chat"
+
+    @property
+    def _identifying_params(self) -> dict:
+        return {"model_name": self.model_name, "temperature": self.temperature, "max_tokens": self.max_tokens,
+                "prompt_format": self.prompt_format, "bound_to_store": self.store is not None}
+
+    def _lm(self):
+        if self.store is not None:
+            return self.store.model
+        if self.model is None:
+            self.model = _default_model()
+        return self.model
+
+    def _cache(self, lm):
+        if self.store is not None:
+            return query_cache(lm, self.store.index.cache), True
+        return lm.init_cache(1), False
+
+    def _stream_text(self, messages: list[BaseMessage], stop: Optional[list[str]], stats: GenerationStats, **kwargs):
+        lm = self._lm()
+        tok = lm.get_tokenizer()
+        conv = [(_role(m), m.text if hasattr(m, "text") else str(m.content)) for m in messages]
+        prompt = format_prompt(tok, conv, kwargs.get("prompt_format", self.prompt_format))
+        stops = list(stop if stop is not None else (self.stop or []))
+        cache, read_only = self._cache(lm)
+        lock = self.store.index.lock if self.store is not None else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            yield from stream_generate(
+                lm, cache, prompt, read_only=read_only,
+                max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
+                temperature=kwargs.get("temperature", self.temperature), top_p=kwargs.get("top_p", self.top_p),
+                seed=kwargs.get("seed", self.seed), stop=stops, timeout=kwargs.get("timeout", self.timeout),
+                stats=stats)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _usage(self, stats: GenerationStats) -> UsageMetadata:
+        return UsageMetadata(input_tokens=stats.input_tokens, output_tokens=stats.output_tokens,
+                             total_tokens=stats.input_tokens + stats.output_tokens)
+
+    def _generate(self, messages: list[BaseMessage], stop: Optional[list[str]] = None,
+                  run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> ChatResult:
+        stats = GenerationStats()
+        text = "".join(self._stream_text(messages, stop, stats, **kwargs))
+        meta = {"model_name": self.model_name, "finish_reason": stats.finish_reason}
+        message = AIMessage(content=text, usage_metadata=self._usage(stats), response_metadata=meta)
+        return ChatResult(generations=[ChatGeneration(message=message, generation_info=dict(meta))])
+
+    def _stream(self, messages: list[BaseMessage], stop: Optional[list[str]] = None,
+                run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        stats = GenerationStats()
+        first = True
+        for piece in self._stream_text(messages, stop, stats, **kwargs):
+            usage = None
+            if first:  # input tokens are counted once, on the first chunk
+                usage = UsageMetadata(input_tokens=stats.input_tokens, output_tokens=0, total_tokens=stats.input_tokens)
+                first = False
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece, usage_metadata=usage))
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        out_usage = UsageMetadata(input_tokens=0 if not first else stats.input_tokens,
+                                  output_tokens=stats.output_tokens,
+                                  total_tokens=stats.output_tokens + (0 if not first else stats.input_tokens))
+        meta = {"model_name": self.model_name, "finish_reason": stats.finish_reason}
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=out_usage, response_metadata=meta,
+                                                         chunk_position="last"),
+                                  generation_info=meta)
+
+    async def _astream(self, messages: list[BaseMessage], stop: Optional[list[str]] = None,
+                       run_manager: Optional[AsyncCallbackManagerForLLMRun] = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        import asyncio
+        import threading
+
+        # The whole generation runs in one worker thread (it holds the store's lock while it reads the
+        # memory); chunks come back through a queue.
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        def produce():
+            try:
+                for chunk in self._stream(messages, stop, None, **kwargs):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except BaseException as exc:  # handed to the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        threading.Thread(target=produce, daemon=True, name="fwpkm-chat-stream").start()
+        while True:
+            item = await queue.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if run_manager:
+                await run_manager.on_llm_new_token(item.text, chunk=item)
+            yield item

@@ -1,0 +1,250 @@
+"""Saving and loading a store: atomic snapshots, no pickle.
+
+Layout of a store folder:
+
+    DIR/CURRENT                      the name of the current snapshot (replaced atomically with os.replace)
+    DIR/snap-<time>-<rand>/
+        manifest.json                format name + version, model fingerprint, settings, sha256 of every file
+        store.sqlite                 documents, chunks, counters, provenance table and token counts (blobs)
+        memory-<i>.safetensors       the memory state of FwPKM layer i (MemoryState.save, own checksum)
+        kv.safetensors               the sliding-window KV of every layer and the stream position
+
+A save writes a new snapshot folder under a temporary name, fsyncs it, renames it, then points CURRENT at it
+(temp file + fsync + os.replace) and only then removes older snapshots. A crash (kill -9) at any moment leaves
+CURRENT naming a complete snapshot: the previous one or the new one.
+
+`load` checks the manifest's format version and every file's sha256 (StateFormatError when a file is missing,
+truncated or modified) and that the model is the one the store was built with: a sha256 fingerprint of its
+config and parameters (ModelMismatchError otherwise).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+
+import torch
+
+from fwpkm_rag.errors import ModelMismatchError, StateFormatError
+
+FORMAT_NAME = "fwpkm-store"
+FORMAT_VERSION = 1
+POINTER = "CURRENT"
+
+_fingerprint_cache: dict = {}
+
+
+def model_fingerprint(model) -> str:
+    """sha256 of the model's config (JSON) and every parameter and persistent buffer (names, shapes, bytes)."""
+    state = model.state_dict()
+    key = (id(model), tuple((n, t.data_ptr(), t._version) for n, t in state.items()))
+    if key in _fingerprint_cache:
+        return _fingerprint_cache[key]
+    h = hashlib.sha256()
+    cfg = model.config.to_dict()
+    for drop in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures"):
+        cfg.pop(drop, None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    _fingerprint_cache.clear()
+    _fingerprint_cache[key] = h.hexdigest()
+    return _fingerprint_cache[key]
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _save_kv(cache, path: str) -> None:
+    from safetensors.torch import save_file
+
+    tensors, meta = {}, {"position": str(cache.position), "n_layers": str(cache.n_layers)}
+    for i, kv in enumerate(cache.kv):
+        if kv is not None:
+            tensors[f"k.{i}"] = kv[0].detach().cpu().contiguous()
+            tensors[f"v.{i}"] = kv[1].detach().cpu().contiguous()
+    if cache.key_valid is not None:
+        tensors["key_valid"] = cache.key_valid.detach().cpu().contiguous()
+    if not tensors:
+        tensors["empty"] = torch.zeros(0)
+    save_file(tensors, path, metadata=meta)
+
+
+def _load_kv(cache, path: str, device) -> None:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        meta = fh.metadata() or {}
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    if int(meta.get("n_layers", -1)) != cache.n_layers:
+        raise StateFormatError(f"{path} holds the KV of {meta.get('n_layers')} layers, the model has {cache.n_layers}")
+    cache.position = int(meta["position"])
+    cache.kv = [(tensors[f"k.{i}"].to(device), tensors[f"v.{i}"].to(device)) if f"k.{i}" in tensors else None
+                for i in range(cache.n_layers)]
+    cache.key_valid = tensors["key_valid"].to(device) if "key_valid" in tensors else None
+
+
+def save_index(index, directory: str) -> str:
+    """Write a new snapshot of `index` into `directory` and make it current; returns the snapshot path."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    name = f"snap-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+    tmp = os.path.join(directory, f".tmp-{name}")
+    os.makedirs(tmp)
+    try:
+        with index.lock:
+            docs = index.docs
+            docs.put_array("provenance.chunk", index.provenance.chunk)
+            docs.put_array("provenance.strength", index.provenance.strength)
+            docs.put_array("provenance.writes", index.provenance.writes)
+            docs.put_array("provenance.alive", index.provenance.alive)
+            docs.put_array("chunk_df", index.chunk_df)
+            index._sync_meta()
+            docs.backup_to(os.path.join(tmp, "store.sqlite"))
+            for i, state in enumerate(index.cache.memory):
+                state.save(os.path.join(tmp, f"memory-{i}.safetensors"))
+            _save_kv(index.cache, os.path.join(tmp, "kv.safetensors"))
+            files = sorted(f for f in os.listdir(tmp) if not f.startswith("."))
+            manifest = {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "model_fingerprint": model_fingerprint(index.model),
+                "settings": {"chunk_tokens": index.chunk_tokens, "chunk_overlap": index.chunk_overlap,
+                             "piece_tokens": index.piece_tokens, "per_slot": index.provenance.per_slot,
+                             "passes": index.passes},
+                "n_memories": len(index.cache.memory),
+                "files": {f: _sha256_file(os.path.join(tmp, f)) for f in files},
+            }
+        with open(os.path.join(tmp, "manifest.json"), "w") as fh:
+            json.dump(manifest, fh, indent=1)
+        for f in os.listdir(tmp):
+            _fsync_file(os.path.join(tmp, f))
+        _fsync_dir(tmp)
+        final = os.path.join(directory, name)
+        os.rename(tmp, final)
+        _fsync_dir(directory)
+        pointer_tmp = os.path.join(directory, f".{POINTER}.{secrets.token_hex(4)}")
+        with open(pointer_tmp, "w") as fh:
+            fh.write(name + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(pointer_tmp, os.path.join(directory, POINTER))
+        _fsync_dir(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # Older snapshots and leftovers of interrupted saves are garbage now.
+    for entry in os.listdir(directory):
+        if entry != name and (entry.startswith("snap-") or entry.startswith(".tmp-snap-") or entry.startswith(f".{POINTER}.")):
+            path = os.path.join(directory, entry)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
+    return final
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:  # pragma: no cover
+        pass
+
+
+def current_snapshot(directory: str) -> str:
+    directory = os.fspath(directory)
+    pointer = os.path.join(directory, POINTER)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no store at {directory}: the folder does not exist")
+    if not os.path.exists(pointer):
+        raise StateFormatError(f"{directory} is not an fwpkm store: it has no {POINTER} file (saved with store.save())")
+    with open(pointer) as fh:
+        name = fh.read().strip()
+    if not name.startswith("snap-") or os.sep in name or not os.path.isdir(os.path.join(directory, name)):
+        raise StateFormatError(f"{pointer} names a snapshot {name!r} that is not in {directory}")
+    return os.path.join(directory, name)
+
+
+def read_manifest(snapshot: str) -> dict:
+    path = os.path.join(snapshot, "manifest.json")
+    try:
+        with open(path) as fh:
+            manifest = json.load(fh)
+    except FileNotFoundError:
+        raise StateFormatError(f"{snapshot} has no manifest.json: the snapshot is incomplete") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StateFormatError(f"{path} is not valid JSON (corrupted): {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise StateFormatError(f"{path} is not an fwpkm store manifest")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise StateFormatError(f"{snapshot} was written in store format version {manifest.get('version')!r}; "
+                               f"this library reads version {FORMAT_VERSION}")
+    return manifest
+
+
+def load_index(directory: str, model, **overrides):
+    """Rebuild a MemoryIndex from the current snapshot in `directory` over `model`."""
+    from fwpkm_rag.pipelines.docstore import DocStore
+    from fwpkm_rag.pipelines.ingest import MemoryIndex
+    from fwpkm_rag.pipelines.provenance import ProvenanceTable
+
+    snapshot = current_snapshot(directory)
+    manifest = read_manifest(snapshot)
+    for fname, digest in manifest.get("files", {}).items():
+        path = os.path.join(snapshot, fname)
+        if not os.path.exists(path):
+            raise StateFormatError(f"{path} is missing: the snapshot is incomplete")
+        if _sha256_file(path) != digest:
+            raise StateFormatError(f"{path} failed its checksum: the file was modified or corrupted")
+    if manifest.get("model_fingerprint") != model_fingerprint(model):
+        raise ModelMismatchError(
+            f"the store in {directory} was built with another model (config or weights differ): load it with the "
+            "model it was built with (FwPKMStore.load(dir, model=...)), or re-ingest the documents with this one"
+        )
+    if manifest.get("n_memories") != len(model.config.fwpkm_layers):
+        raise ModelMismatchError(f"the store holds {manifest.get('n_memories')} memories, the model has "
+                                 f"{len(model.config.fwpkm_layers)} FwPKM layers")
+    settings = {**manifest["settings"], **overrides}
+    per_slot = settings.pop("per_slot")
+    docs = DocStore(os.path.join(snapshot, "store.sqlite"))
+    index = MemoryIndex(model, per_slot=per_slot, _docstore=docs, **settings)
+    try:
+        index.provenance = ProvenanceTable.from_tensors({
+            "chunk": docs.get_array("provenance.chunk"), "strength": docs.get_array("provenance.strength"),
+            "writes": docs.get_array("provenance.writes"), "alive": docs.get_array("provenance.alive")})
+        index.chunk_df = docs.get_array("chunk_df")
+        counters = docs.get_meta("counters")
+        index.next_chunk, index.next_seq = counters["next_chunk"], counters["next_seq"]
+        index.tokens_ingested, index.at_boundary = counters["tokens_ingested"], counters["at_boundary"]
+    except (KeyError, TypeError) as exc:
+        raise StateFormatError(f"{snapshot}/store.sqlite lacks store counters or arrays: {exc}") from None
+    index.cache.memory = [layer.load_state(os.path.join(snapshot, f"memory-{i}.safetensors"))
+                          for i, layer in enumerate(model.fwpkm_modules)]
+    _load_kv(index.cache, os.path.join(snapshot, "kv.safetensors"), index.device)
+    return index

@@ -541,7 +541,10 @@ def haystack(
     it = iter_haystack(n_tokens + 16, seed, split, sources, files, tok, allow_repeat, bench_fraction)
     pars.extend(it)
     text = "\n\n".join(pars)
-    while len(tok.encode(text)) < n_tokens:  # pragma: no cover - the +16 margin almost always suffices
-        more = list(iter_haystack(n_tokens, seed + 1, split, sources, files, tok, True, bench_fraction))
+    extra = 0
+    while (short := n_tokens - len(tok.encode(text))) > 0:
+        # joining paragraphs merges some tokens, so the text can fall short: top it up by the shortfall only
+        extra += 1
+        more = list(iter_haystack(short + 16, seed + extra, split, sources, files, tok, True, bench_fraction))
         text = text + "\n\n" + "\n\n".join(more)
     return text

@@ -125,3 +125,14 @@ def test_bad_arguments():
         C.list_documents("train", sources=["files"])
     with pytest.raises(ConfigError, match="n_tokens"):
         C.haystack(0)
+
+
+def test_haystack_length_is_close_to_the_request():
+    # Joining paragraphs merges tokens; the top-up must add the shortfall only, not another full haystack.
+    from fwpkm_rag import get_tokenizer
+    from fwpkm_rag.data.corpora import haystack
+
+    tok = get_tokenizer()
+    for n in (5_000, 30_000):
+        got = len(tok.encode(haystack(n, seed=0, split="bench", tokenizer=tok)))
+        assert n <= got <= n + 600, (n, got)

@@ -8,7 +8,8 @@ import sys
 def _demo(args: argparse.Namespace) -> int:
     from fwpkm_rag.pipelines.demo import run_demo
 
-    return run_demo(facts=args.facts)
+    return run_demo(tokens=args.tokens, facts=args.facts, distractors=args.distractors, seed=args.seed,
+                    baseline=not args.no_baseline, threads=args.threads)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -128,8 +129,13 @@ def _ask(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fwpkm-rag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the main job: show the memory storing and recalling facts, offline")
-    demo.add_argument("--facts", type=int, default=1000, help="associations to store (default 1000)")
+    demo = sub.add_parser("demo", help="the main job: hidden facts in a long text, retrieved and answered from memory, offline")
+    demo.add_argument("--tokens", type=int, default=100_000, help="length of the text in tokens (default 100000)")
+    demo.add_argument("--facts", type=int, default=5, help="facts hidden in the text (default 5)")
+    demo.add_argument("--distractors", type=int, default=3, help="look-alike distractors per fact (default 3)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=int, default=2)
+    demo.add_argument("--no-baseline", action="store_true", help="skip the MiniLM + FAISS comparison")
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="benchmarks (numbers go to a results folder)")
     bench.add_argument("suite", choices=["memory", "ops", "niah"],

@@ -13,6 +13,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.suite == "load":
+        from fwpkm_rag.pipelines.bench_load import run_load_bench
+
+        return run_load_bench(out_dir=args.out, quick=args.quick, threads=args.threads, model_path=args.model)
     if args.suite == "memory":
         from fwpkm_rag.pipelines.bench_memory import run_memory_bench
 
@@ -31,7 +35,20 @@ def _bench(args: argparse.Namespace) -> int:
             model = FwPKMForCausalLM.from_pretrained(args.model).eval()
         return run_niah_bench(model, out_dir=args.out, quick=args.quick, threads=args.threads, passes=args.passes,
                               lengths=args.lengths)
+    if args.suite in _SUITE_PARTS:
+        from fwpkm_rag.pipelines.bench_suite import run_suite
+
+        parts = args.parts or _SUITE_PARTS[args.suite]
+        run_suite(parts=parts, out_dir=args.out, quick=args.quick, scaling=args.scaling, threads=args.threads,
+                  model_path=args.model, systems=args.systems or None, use_reader=not args.no_reader,
+                  lengths=args.lengths)
+        return 0
     raise SystemExit(f"unknown benchmark suite {args.suite!r}")
+
+
+# issue 7's suite: `bench retrieval` runs every part; the others run one part each
+_SUITE_PARTS = {"retrieval": ["needles", "answers", "capacity", "cost"], "answers": ["answers"],
+                "capacity": ["capacity"], "cost": ["cost"]}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -138,15 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-baseline", action="store_true", help="skip the MiniLM + FAISS comparison")
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="benchmarks (numbers go to a results folder)")
-    bench.add_argument("suite", choices=["memory", "ops", "niah"],
+    bench.add_argument("suite", choices=["memory", "ops", "niah", "retrieval", "answers", "capacity", "cost", "load"],
                        help="memory: capacity curve and per-token cost; ops: FwPKM kernels vs the naive torch path; "
-                            "niah: needle-in-a-haystack answers generated from memory")
+                            "niah: needle-in-a-haystack answers generated from memory; retrieval: FwPKM vs vector-database RAG "
+                            "and BM25 (needles, answers, capacity, cost; the last three also run alone); load: 8 reader threads x 1,000 "
+                            "queries against one writer ingesting 1M tokens (errors, latency p50/p95/p99, writer tokens/s)")
     bench.add_argument("--out", default="results", help="results folder (default ./results)")
     bench.add_argument("--quick", action="store_true", help="small sweep, finishes in seconds")
     bench.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     bench.add_argument("--model", default=None, help="niah: a model folder (default: the shipped model)")
     bench.add_argument("--passes", type=int, default=1, help="niah: reading passes over the haystack (spec §9)")
-    bench.add_argument("--lengths", type=int, nargs="+", default=None, help="niah: haystack lengths in tokens")
+    bench.add_argument("--lengths", type=int, nargs="+", default=None, help="niah, retrieval: haystack lengths in tokens")
+    bench.add_argument("--scaling", action="store_true", help="retrieval: add 1M-token haystacks to the needle sweep")
+    bench.add_argument("--parts", nargs="+", default=None, choices=["needles", "answers", "capacity", "cost"],
+                       help="retrieval: run only these parts")
+    bench.add_argument("--systems", nargs="+", default=None, help="retrieval: systems to compare (default all installed)")
+    bench.add_argument("--no-reader", action="store_true", help="answers: skip the SmolLM2 reader")
     bench.set_defaults(run=_bench)
     tr = sub.add_parser("train", help="train a model through its memory updates (resumable; CPU, CUDA or torchrun)")
     tr.add_argument("--preset", default="tiny", choices=["tiny", "paper"], help="model preset (default tiny)")

@@ -29,3 +29,15 @@ class StateFormatError(FwPKMError, ValueError):
 
 class ModelMismatchError(FwPKMError, ValueError):
     """A saved store or memory was built with another model (config or weights differ) than the one given."""
+
+
+class InputTypeError(InputError, TypeError):
+    """A value handed to the library has the wrong type (bytes instead of str, an id that is not a str, ...)."""
+
+
+class DuplicateIdError(InputError):
+    """The same document id appears twice in one add call (ids within one batch must be unique)."""
+
+
+class QueryTooLongError(InputError):
+    """A question or prompt has more tokens than the store's `max_query_tokens` limit."""

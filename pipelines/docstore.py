@@ -1,7 +1,10 @@
 """`DocStore`: the documents and retrieval chunks of a store, in SQLite (on disk, never all in RAM).
 
 A live store keeps its database in a private temporary file; `save()` copies it into a snapshot with SQLite's
-backup API. Tables:
+backup API. The working copy is in WAL mode: the writer (one add/delete call at a time) works in a transaction
+that is committed at the end of the call or rolled back when the call fails, and readers (searches, get_by_ids)
+use their own per-thread connections, so they see the last committed state, never a half-written batch.
+Tables:
 
     docs(id TEXT PK, seq, metadata JSON, first_chunk, n_chunks)
     chunks(chunk_id INTEGER PK, doc_id, idx, text, core_offset, tok_start, tok_end)
@@ -18,6 +21,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -58,10 +62,33 @@ def dump_metadata(metadata: Optional[dict]) -> str:
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise InputError(f"document metadata must be a dict, got {type(metadata).__name__}")
+    bad = _non_str_key(metadata)
+    if bad is not None:
+        raise InputError(f"document metadata keys must be str (JSON object keys), got {bad!r} "
+                         f"({type(bad).__name__}); it would come back as a different key")
     try:
         return json.dumps(metadata, ensure_ascii=False, allow_nan=True)
     except (TypeError, ValueError) as exc:
         raise InputError(f"document metadata must be JSON-serialisable (str/int/float/bool/None/list/dict): {exc}") from None
+
+
+def _non_str_key(value, depth: int = 0):
+    """The first dict key that is not a str, anywhere in `value` (None if all are)."""
+    if depth > 100:
+        return None  # json.dumps reports the (circular or too deep) structure itself
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return key
+            bad = _non_str_key(item, depth + 1)
+            if bad is not None:
+                return bad
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            bad = _non_str_key(item, depth + 1)
+            if bad is not None:
+                return bad
+    return None
 
 
 def _remove(path: str) -> None:
@@ -84,8 +111,13 @@ class DocStore:
             except sqlite3.DatabaseError as exc:
                 raise StateFormatError(f"{source} is not a readable store database (corrupt or truncated): {exc}") from exc
         self.db = sqlite3.connect(self.path, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=OFF")  # a private working copy: durability comes from save()
+        # A private working copy: durability comes from save(). WAL (not OFF) so that a failed add call can be
+        # rolled back and readers on other connections see only committed batches.
+        self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=OFF")
+        self._local = threading.local()
+        self._readers: list = []
+        self._readers_lock = threading.Lock()
         try:
             self.db.executescript(SCHEMA)
             self.db.execute("SELECT count(*) FROM docs").fetchone()
@@ -120,35 +152,37 @@ class DocStore:
         self.db.execute("DELETE FROM chunks")
         self.db.execute("DELETE FROM docs")
 
-    def get_documents(self, doc_ids: Iterable[str]) -> list[tuple[str, str, dict]]:
-        """(id, full text, metadata) for each id that exists, in the order given."""
+    def get_documents(self, doc_ids: Iterable[str], db=None) -> list[tuple[str, str, dict]]:
+        """(id, full text, metadata) for each id that exists, in the order given (`db`: a reader connection)."""
+        db = self.db if db is None else db
         out = []
         for doc_id in doc_ids:
-            row = self.db.execute("SELECT metadata FROM docs WHERE id=?", (doc_id,)).fetchone()
+            row = db.execute("SELECT metadata FROM docs WHERE id=?", (doc_id,)).fetchone()
             if row is None:
                 continue
-            parts = self.db.execute("SELECT text, core_offset FROM chunks WHERE doc_id=? ORDER BY idx", (doc_id,))
+            parts = db.execute("SELECT text, core_offset FROM chunks WHERE doc_id=? ORDER BY idx", (doc_id,))
             out.append((doc_id, "".join(t[o:] for t, o in parts), json.loads(row[0])))
         return out
 
-    def get_chunks(self, chunk_ids: Iterable[int]) -> dict[int, ChunkRecord]:
+    def get_chunks(self, chunk_ids: Iterable[int], db=None) -> dict[int, ChunkRecord]:
+        db = self.db if db is None else db
         out = {}
         for cid in chunk_ids:
-            row = self.db.execute(
+            row = db.execute(
                 "SELECT c.chunk_id, c.doc_id, c.idx, c.text, c.core_offset, c.tok_start, c.tok_end, d.metadata "
                 "FROM chunks c JOIN docs d ON d.id = c.doc_id WHERE c.chunk_id=?", (int(cid),)).fetchone()
             if row is not None:
                 out[row[0]] = ChunkRecord(*row[:7], metadata=json.loads(row[7]))
         return out
 
-    def n_documents(self) -> int:
-        return self.db.execute("SELECT count(*) FROM docs").fetchone()[0]
+    def n_documents(self, db=None) -> int:
+        return (self.db if db is None else db).execute("SELECT count(*) FROM docs").fetchone()[0]
 
     def n_chunks(self) -> int:
         return self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
 
-    def doc_ids(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT id FROM docs ORDER BY seq")]
+    def doc_ids(self, db=None) -> list[str]:
+        return [r[0] for r in (self.db if db is None else db).execute("SELECT id FROM docs ORDER BY seq")]
 
     # ---- meta and arrays ------------------------------------------------------------------------------------
     def set_meta(self, key: str, value) -> None:
@@ -181,15 +215,35 @@ class DocStore:
     def commit(self) -> None:
         self.db.commit()
 
+    def rollback(self) -> None:
+        """Undo everything since the last commit (a failed add or delete call)."""
+        self.db.rollback()
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (autocommit; sees committed data only)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+                                   isolation_level=None, timeout=60.0)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
     def backup_to(self, path: str) -> None:
         """Copy the database into a new file at `path` (consistent snapshot)."""
         self.db.commit()
         dst = sqlite3.connect(path)
         self.db.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")  # a self-contained file (no -wal/-shm companions)
         dst.close()
 
     def close(self) -> None:
         try:
+            with self._readers_lock:
+                for conn in self._readers:
+                    conn.close()
+                self._readers.clear()
             self.db.close()
         finally:
             self._finalizer()

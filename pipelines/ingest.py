@@ -22,19 +22,30 @@ widens the returned text to the left, attribution uses the non-overlapping core 
 
 Nothing but the current piece, the provenance table (fixed size) and a map of the still-unwritten positions
 is held in RAM: an iterable/generator of any length streams through at flat memory.
+
+Transactions and readers. An add (or delete) call is one transaction: it works on private copies of the
+memory states, the provenance table and the token counts, and on an open SQLite transaction; at the end it
+commits the documents and publishes the new state (an `IndexView`) in one step, or, when anything fails
+midway (bad input, a crash of the model, KeyboardInterrupt), rolls the documents back and drops the copies, so
+the store is exactly as it was. Readers (searches, chat) take the current view and a read transaction of the
+documents under a short lock and never wait for a writer: they see the store before or after a write, never
+half of one. One writer at a time (`index.lock`).
 """
 from __future__ import annotations
 
 import bisect
+import copy
 import threading
 import time
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 
-from fwpkm_rag.errors import ConfigError, InputError
+from fwpkm_rag.errors import ConfigError, DuplicateIdError, InputError, InputTypeError
 from fwpkm_rag.pipelines.docstore import DocStore, dump_metadata
 from fwpkm_rag.pipelines.provenance import ProvenanceTable
 
@@ -94,11 +105,49 @@ def chunk_spans(text: str, ids: list[int], tok, chunk_tokens: int, chunk_overlap
     return out
 
 
+@dataclass(frozen=True)
+class IndexView:
+    """A published, immutable state of an index: what readers see. Nothing ever writes these objects."""
+
+    memory: tuple  # one MemoryState per FwPKM layer
+    provenance: ProvenanceTable
+    chunk_df: torch.Tensor
+    next_chunk: int
+    docs: DocStore
+    version: int
+
+
+def _clone_table(table: ProvenanceTable) -> ProvenanceTable:
+    return ProvenanceTable.from_tensors({k: v.clone() for k, v in table.tensors().items()})
+
+
+def check_text(text, n: int) -> str:
+    """A document's text must be a str of valid Unicode (encodable as UTF-8)."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        raise InputTypeError(f"document #{n}: text must be a str, got {type(text).__name__}; decode it first "
+                             "(e.g. data.decode('utf-8'))")
+    if not isinstance(text, str):
+        raise InputTypeError(f"document #{n}: text must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"document #{n}: text is not valid Unicode: {text[exc.start]!r} at index {exc.start} "
+                         "(a lone surrogate, e.g. from decoding non-UTF-8 bytes with errors='surrogateescape')") from None
+    return text
+
+
 class MemoryIndex:
     """The model's memory as a retrieval index over a stream of documents (see the module docstring)."""
 
+    max_query_tokens = 8192  # questions / prompts longer than this raise QueryTooLongError
+
     def __init__(self, model, *, chunk_tokens: int = 256, chunk_overlap: int = 0, piece_tokens: int = 2048,
-                 per_slot: int = 32, passes: int = 1, show_progress: bool = False, _docstore: Optional[DocStore] = None):
+                 per_slot: int = 32, passes: int = 1, show_progress: bool = False, _docstore: Optional[DocStore] = None,
+                 max_query_tokens: Optional[int] = None):
+        if max_query_tokens is not None:
+            if isinstance(max_query_tokens, bool) or not isinstance(max_query_tokens, int) or max_query_tokens < 1:
+                raise ConfigError(f"max_query_tokens must be an int >= 1, got {max_query_tokens!r}")
+            self.max_query_tokens = max_query_tokens
         for name, value, low in (("chunk_tokens", chunk_tokens, 1), ("piece_tokens", piece_tokens, 1),
                                  ("per_slot", per_slot, 1), ("passes", passes, 1), ("chunk_overlap", chunk_overlap, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -121,10 +170,52 @@ class MemoryIndex:
         self.next_seq = 0  # insertion order of documents
         self.tokens_ingested = 0
         self.at_boundary = False  # the stream ends with an eos separator
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # one writer at a time (add, delete, rebuild, save)
+        self._publish_lock = threading.Lock()  # swaps the published view; held only for a moment
+        self.view: Optional[IndexView] = None
+        self._writing = False  # inside an add call (its private copies are the ones to change)
         # positions of the stream not yet written to memory -> chunk id (sorted segment starts)
         self._seg_start: list[int] = []
         self._seg_chunk: list[int] = []
+        self.publish()
+
+    # ---- published state (readers) --------------------------------------------------------------------------
+    def publish(self) -> None:
+        """Commit the documents and make the current memory, provenance and counts what readers see."""
+        with self._publish_lock:
+            self.docs.commit()
+            version = 0 if self.view is None else self.view.version + 1
+            self.view = IndexView(tuple(self.cache.memory), self.provenance, self.chunk_df, self.next_chunk,
+                                  self.docs, version)
+
+    @contextmanager
+    def snapshot(self):
+        """(view, reader connection) consistent with each other, for one read; never waits for a writer."""
+        with self._publish_lock:
+            view = self.view
+            db = view.docs.reader()
+            db.execute("BEGIN")
+            db.execute("SELECT count(*) FROM docs").fetchone()  # fixes the read snapshot of the documents now
+        try:
+            yield view, db
+        finally:
+            db.execute("COMMIT")
+
+    def _begin(self) -> dict:
+        """Private copies of the mutable state for one write call; returns what to restore on failure."""
+        saved = {"cache": self.cache, "provenance": self.provenance, "chunk_df": self.chunk_df,
+                 "next_chunk": self.next_chunk, "next_seq": self.next_seq, "tokens_ingested": self.tokens_ingested,
+                 "at_boundary": self.at_boundary}
+        self.cache = self.cache.clone()
+        self.provenance = _clone_table(self.provenance)
+        self.chunk_df = self.chunk_df.clone()
+        return saved
+
+    def _abort(self, saved: dict) -> None:
+        self.docs.rollback()
+        for name, value in saved.items():
+            setattr(self, name, value)
+        self._seg_start, self._seg_chunk = [], []
 
     # ---- properties -----------------------------------------------------------------------------------------
     @property
@@ -154,11 +245,18 @@ class MemoryIndex:
 
             bar = tqdm(unit="tok", unit_scale=True, desc="ingest", dynamic_ncols=True)
         ids_out: list[str] = []
+        seen: dict = {}
         with self.lock, torch.no_grad():
+            saved = self._begin()
+            self._writing = True
             piece: list[int] = []
             try:
                 for n_done, (doc_id, text, metadata) in enumerate(items):
                     doc_id = self._check_item(doc_id, text, metadata, n_done)
+                    if doc_id in seen:
+                        raise DuplicateIdError(f"id {doc_id!r} appears twice in one add call (#{seen[doc_id]} and "
+                                               f"#{n_done}): ids within one batch must be unique")
+                    seen[doc_id] = n_done
                     body, starts, chunks = self._register(doc_id, text, metadata)
                     ids_out.append(doc_id)
                     for p in range(passes):
@@ -179,20 +277,29 @@ class MemoryIndex:
                     self._run(piece, bar)
                 self._record(self.cache.flush())
                 self._seg_start, self._seg_chunk = [], []
-            finally:
                 self._sync_meta()
-                self.docs.commit()
+                self.publish()
+            except BaseException:
+                self._abort(saved)  # the store is exactly as before this call
+                raise
+            finally:
+                self._writing = False
                 if bar is not None:
                     bar.close()
         return ids_out
 
     def _check_item(self, doc_id, text, metadata, n: int) -> str:
-        if not isinstance(text, str):
-            raise InputError(f"document #{n}: text must be a str, got {type(text).__name__}")
+        check_text(text, n)
         if doc_id is None:
             doc_id = str(uuid.uuid4())
-        if not isinstance(doc_id, str) or not doc_id:
-            raise InputError(f"document #{n}: id must be a non-empty str, got {doc_id!r}")
+        if not isinstance(doc_id, str):
+            raise InputTypeError(f"document #{n}: id must be a str, got {type(doc_id).__name__} {doc_id!r}")
+        if not doc_id:
+            raise InputError(f"document #{n}: id must be a non-empty str")
+        try:
+            doc_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"document #{n}: id {doc_id!r} is not valid Unicode (a lone surrogate)") from None
         return doc_id
 
     def _register(self, doc_id: str, text: str, metadata: Optional[dict]) -> tuple[list[int], list[int], list[int]]:
@@ -255,21 +362,59 @@ class MemoryIndex:
 
     # ---- deletion -------------------------------------------------------------------------------------------
     def delete(self, doc_ids: Optional[Iterable[str]] = None) -> None:
-        """Drop documents (all when None); their chunks never score again. Missing ids are ignored."""
+        """Drop documents (all when None); their chunks never score again. Missing ids are ignored.
+
+        Inside an add call (replacing an id) this works on the call's private copies; on its own it is one
+        transaction, published at the end."""
         with self.lock:
-            if doc_ids is None:
-                self.docs.delete_all()
-                self.provenance.alive[:] = False
-            else:
-                dropped = self.docs.delete_documents(doc_ids)
-                self.provenance.delete(dropped)
-            self.docs.commit()
+            nested = self._writing
+            if not nested:
+                saved = {"provenance": self.provenance}
+                self.provenance = copy.copy(self.provenance)  # shares the big tensors; alive is replaced below
+                self.provenance.alive = self.provenance.alive.clone()
+            try:
+                if doc_ids is None:
+                    self.docs.delete_all()
+                    self.provenance.alive[:] = False
+                else:
+                    dropped = self.docs.delete_documents(doc_ids)
+                    self.provenance.delete(dropped)
+                if not nested:
+                    self.publish()
+            except BaseException:
+                if not nested:
+                    self.docs.rollback()
+                    self.provenance = saved["provenance"]
+                raise
+
+    # ---- rebuild --------------------------------------------------------------------------------------------
+    def rebuild(self, *, passes: Optional[int] = None) -> None:
+        """Re-ingest the live documents (same ids, texts, metadata, order) into a fresh memory, provenance
+        table and document database, then swap them in: deleted or replaced content is gone from the fast
+        weights too. Readers keep using the old state until the swap; a failure leaves the store as it was."""
+        with self.lock:
+            fresh = MemoryIndex(self.model, chunk_tokens=self.chunk_tokens, chunk_overlap=self.chunk_overlap,
+                                piece_tokens=self.piece_tokens, per_slot=self.provenance.per_slot, passes=self.passes,
+                                show_progress=self.show_progress, max_query_tokens=self.max_query_tokens)
+            try:
+                fresh.add(self.iter_documents(), passes=passes)
+            except BaseException:
+                fresh.docs.close()
+                raise
+            with self._publish_lock:
+                for name in ("cache", "provenance", "chunk_df", "docs", "next_chunk", "next_seq", "tokens_ingested",
+                             "at_boundary"):
+                    setattr(self, name, getattr(fresh, name))
+                self.view = IndexView(tuple(self.cache.memory), self.provenance, self.chunk_df, self.next_chunk,
+                                      self.docs, self.view.version + 1)
+            # the old database is removed when the last reader's view of it is gone (DocStore's finalizer)
 
     # ---- idf ------------------------------------------------------------------------------------------------
-    def token_weights(self, ids: list[int]) -> torch.Tensor:
+    def token_weights(self, ids: list[int], view: Optional[IndexView] = None) -> torch.Tensor:
         """idf of each question token over the ingested chunks: log(1 + (N + 1) / (df + 1))."""
-        n = float(self.next_chunk)
-        df = self.chunk_df[torch.as_tensor(ids, dtype=torch.long)].float()
+        view = self.view if view is None else view
+        n = float(view.next_chunk)
+        df = view.chunk_df[torch.as_tensor(ids, dtype=torch.long)].float()
         return torch.log1p((n + 1.0) / (df + 1.0))
 
     def _sync_meta(self) -> None:

@@ -25,10 +25,10 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, Field
 
-from fwpkm_rag.errors import InputError
+from fwpkm_rag.errors import InputError, InputTypeError, QueryTooLongError
 from fwpkm_rag.pipelines.generation import GenerationStats, format_prompt, stream_generate
 from fwpkm_rag.pipelines.ingest import MemoryIndex
-from fwpkm_rag.pipelines.retrieval import Hit, query_cache, rank_chunks
+from fwpkm_rag.pipelines.retrieval import Hit, check_k, query_cache, rank_chunks
 
 
 def _default_model():
@@ -61,12 +61,13 @@ class FwPKMStore(VectorStore):
     """
 
     def __init__(self, model=None, *, chunk_tokens: int = 256, chunk_overlap: int = 0, piece_tokens: int = 2048,
-                 per_slot: int = 32, passes: int = 1, show_progress: bool = False, _index: Optional[MemoryIndex] = None):
+                 per_slot: int = 32, passes: int = 1, show_progress: bool = False, max_query_tokens: Optional[int] = None,
+                 _index: Optional[MemoryIndex] = None):
         if _index is None:
             model = model if model is not None else _default_model()
             _index = MemoryIndex(model, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
                                  piece_tokens=piece_tokens, per_slot=per_slot, passes=passes,
-                                 show_progress=show_progress)
+                                 show_progress=show_progress, max_query_tokens=max_query_tokens)
         self.index = _index
 
     # ---- properties ---------------------------------------------------------------------------------------
@@ -79,7 +80,8 @@ class FwPKMStore(VectorStore):
         return None  # no embedding model: the memory is the index
 
     def __len__(self) -> int:
-        return self.index.docs.n_documents()
+        with self.index.snapshot() as (view, db):
+            return view.docs.n_documents(db)
 
     def __repr__(self) -> str:
         return (f"FwPKMStore(documents={len(self)}, chunks={self.index.n_live_chunks}, "
@@ -89,8 +91,11 @@ class FwPKMStore(VectorStore):
     def add_texts(self, texts: Iterable[str], metadatas: Optional[Iterable[dict]] = None, *,
                   ids: Optional[Iterable[Optional[str]]] = None, **kwargs: Any) -> list[str]:
         """Stream texts (any iterable, e.g. a generator) into the memory; returns their ids."""
-        if isinstance(texts, str):
-            raise InputError("add_texts() takes an iterable of texts; wrap a single text in a list")
+        if isinstance(texts, (str, bytes, bytearray)):
+            raise InputTypeError("add_texts() takes an iterable of texts; wrap a single text in a list")
+        if isinstance(metadatas, dict):
+            raise InputTypeError("metadatas must be an iterable of dicts (one per text), got a single dict")
+        _check_ids_arg(ids, "add_texts")
         meta_it = iter(metadatas) if metadatas is not None else None
         id_it = iter(ids) if ids is not None else None
 
@@ -104,13 +109,16 @@ class FwPKMStore(VectorStore):
 
     def add_documents(self, documents: Iterable[Document], **kwargs: Any) -> list[str]:
         """Stream Documents (any iterable); ids from `ids=` or else each Document's own id (or new uuids)."""
+        if isinstance(documents, Document):
+            raise InputTypeError("add_documents() takes an iterable of Documents; wrap a single Document in a list")
         ids = kwargs.pop("ids", None)
+        _check_ids_arg(ids, "add_documents")
         id_it = iter(ids) if ids is not None else None
 
         def items():
             for n, doc in enumerate(documents):
                 if not isinstance(doc, Document):
-                    raise InputError(f"add_documents() takes Documents, got {type(doc).__name__} at #{n}")
+                    raise InputTypeError(f"add_documents() takes Documents, got {type(doc).__name__} at #{n}")
                 doc_id = _next(id_it, "ids", n) if id_it is not None else doc.id
                 yield doc_id, doc.page_content, dict(doc.metadata)
 
@@ -119,8 +127,13 @@ class FwPKMStore(VectorStore):
     def add_files(self, paths: Iterable, **kwargs: Any) -> list[str]:
         """Ingest text files one by one (each a document; id = its path, metadata {"source": path})."""
 
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            raise InputTypeError("add_files() takes an iterable of paths; wrap a single path in a list")
+
         def items():
             for path in paths:
+                if not isinstance(path, (str, os.PathLike)):
+                    raise InputTypeError(f"add_files() takes str or os.PathLike paths, got {type(path).__name__}")
                 yield os.fspath(path), read_text_file(path), {"source": os.fspath(path)}
 
         return self.index.add(items(), **_add_kwargs(kwargs))
@@ -146,12 +159,21 @@ class FwPKMStore(VectorStore):
     # ---- deleting and reading back ------------------------------------------------------------------------
     def delete(self, ids: Optional[Sequence[str]] = None, **kwargs: Any) -> Optional[bool]:
         """Drop documents by id (all when ids is None); their chunks are never returned again."""
-        self.index.delete(None if ids is None else list(ids))
+        self.index.delete(None if ids is None else _id_list(ids, "delete"))
         return True
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
-        return [Document(page_content=text, metadata=meta, id=doc_id)
-                for doc_id, text, meta in self.index.docs.get_documents(ids)]
+        ids = _id_list(ids, "get_by_ids")
+        with self.index.snapshot() as (view, db):
+            return [Document(page_content=text, metadata=meta, id=doc_id)
+                    for doc_id, text, meta in view.docs.get_documents(ids, db)]
+
+    def rebuild(self, **kwargs: Any) -> "FwPKMStore":
+        """Re-ingest the live documents into a fresh memory and provenance table, so that deleted or replaced
+        content is gone from the fast weights too (a delete alone only hides its chunks from retrieval).
+        Costs a full re-ingestion; readers keep being served from the old state until the swap."""
+        self.index.rebuild(**_add_kwargs(kwargs))
+        return self
 
     # ---- search -------------------------------------------------------------------------------------------
     def search_with_provenance(self, query: str, k: int = 4, *, matched_slots: int = 8) -> list[Hit]:
@@ -197,7 +219,25 @@ class FwPKMStore(VectorStore):
         self.index.docs.close()
 
 
-_STORE_ARGS = {"chunk_tokens", "chunk_overlap", "piece_tokens", "per_slot", "passes", "show_progress"}
+_STORE_ARGS = {"chunk_tokens", "chunk_overlap", "piece_tokens", "per_slot", "passes", "show_progress",
+               "max_query_tokens"}
+
+
+def _check_ids_arg(ids, where: str) -> None:
+    if isinstance(ids, (str, bytes, bytearray)):
+        raise InputTypeError(f"{where}(): ids must be a list of str (one per text), got a single {type(ids).__name__}")
+
+
+def _id_list(ids, where: str) -> list[str]:
+    """A list of str ids; a bare str (which would iterate as characters) or non-str ids raise."""
+    if isinstance(ids, (str, bytes, bytearray)):
+        raise InputTypeError(f"{where}() takes a list of ids, got a single {type(ids).__name__} {ids!r}; "
+                             f"wrap it in a list")
+    out = list(ids)
+    for n, doc_id in enumerate(out):
+        if not isinstance(doc_id, str):
+            raise InputTypeError(f"{where}(): ids must be str, got {type(doc_id).__name__} {doc_id!r} at #{n}")
+    return out
 
 
 def _add_kwargs(kwargs: dict) -> dict:
@@ -223,7 +263,8 @@ class FwPKMRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: Optional[int] = None) -> list[Document]:
-        hits = self.store.search_with_provenance(query, self.k if k is None else k, matched_slots=self.matched_slots)
+        hits = self.store.search_with_provenance(query, check_k(self.k if k is None else k),
+                                                 matched_slots=self.matched_slots)
         return [Document(page_content=h.text, metadata={**h.metadata, "fwpkm": h.provenance()}, id=h.doc_id)
                 for h in hits]
 
@@ -289,31 +330,38 @@ class ChatFwPKM(BaseChatModel):
             self.model = _default_model()
         return self.model
 
-    def _cache(self, lm):
+    def _cache(self, lm, view=None):
         if self.store is not None:
-            return query_cache(lm, self.store.index.cache), True
+            return query_cache(lm, view), True  # the store's published memory, read only
         return lm.init_cache(1), False
 
     def _stream_text(self, messages: list[BaseMessage], stop: Optional[list[str]], stats: GenerationStats, **kwargs):
         lm = self._lm()
         tok = lm.get_tokenizer()
         conv = [(_role(m), m.text if hasattr(m, "text") else str(m.content)) for m in messages]
+        for n, (_, text) in enumerate(conv):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InputError(f"message #{n} is not valid Unicode: {text[exc.start]!r} at index {exc.start}") from None
         prompt = format_prompt(tok, conv, kwargs.get("prompt_format", self.prompt_format))
+        limit = self.store.index.max_query_tokens if self.store is not None else MemoryIndex.max_query_tokens
+        if len(prompt) > limit:
+            raise QueryTooLongError(f"the prompt is {len(prompt):,} tokens, over the limit of {limit:,} "
+                                    "(max_query_tokens); shorten the conversation")
+        max_new = kwargs.get("max_tokens", self.max_tokens)
+        if max_new is not None and (isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1):
+            raise InputError(f"max_tokens must be None or an int >= 1, got {max_new!r}")
         stops = list(stop if stop is not None else (self.stop or []))
-        cache, read_only = self._cache(lm)
-        lock = self.store.index.lock if self.store is not None else None
-        if lock is not None:
-            lock.acquire()
-        try:
-            yield from stream_generate(
-                lm, cache, prompt, read_only=read_only,
-                max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
-                temperature=kwargs.get("temperature", self.temperature), top_p=kwargs.get("top_p", self.top_p),
-                seed=kwargs.get("seed", self.seed), stop=stops, timeout=kwargs.get("timeout", self.timeout),
-                stats=stats)
-        finally:
-            if lock is not None:
-                lock.release()
+        # The store's published view: a concurrent add is seen whole or not at all, and never waited for.
+        view = self.store.index.view if self.store is not None else None
+        cache, read_only = self._cache(lm, view)
+        yield from stream_generate(
+            lm, cache, prompt, read_only=read_only,
+            max_new_tokens=max_new,
+            temperature=kwargs.get("temperature", self.temperature), top_p=kwargs.get("top_p", self.top_p),
+            seed=kwargs.get("seed", self.seed), stop=stops, timeout=kwargs.get("timeout", self.timeout),
+            stats=stats)
 
     def _usage(self, stats: GenerationStats) -> UsageMetadata:
         return UsageMetadata(input_tokens=stats.input_tokens, output_tokens=stats.output_tokens,

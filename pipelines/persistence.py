@@ -247,4 +247,5 @@ def load_index(directory: str, model, **overrides):
     index.cache.memory = [layer.load_state(os.path.join(snapshot, f"memory-{i}.safetensors"))
                           for i, layer in enumerate(model.fwpkm_modules)]
     _load_kv(index.cache, os.path.join(snapshot, "kv.safetensors"), index.device)
+    index.publish()  # what readers see: the loaded state
     return index

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from fwpkm_rag.errors import InputError
+from fwpkm_rag.errors import InputError, InputTypeError, QueryTooLongError
 
 
 @dataclass
@@ -54,39 +54,72 @@ class QueryReads:
 
 
 def query_cache(model, store_cache):
-    """A cache for questions: empty KV, the store's memories (never written: use with read_only=True)."""
+    """A cache for questions: empty KV, the store's memories (never written: use with read_only=True).
+
+    `store_cache` is a FwPKMCache or an IndexView (anything with a `memory` sequence)."""
     qc = model.init_cache(1)
     qc.memory = list(store_cache.memory)
     return qc
 
 
-@torch.no_grad()
-def read_question(index, query: str) -> QueryReads:
+def check_query(index, query) -> list[int]:
+    """The question's token ids (eos first); clear errors for a non-str, invalid or too long question."""
+    if isinstance(query, (bytes, bytearray, memoryview)):
+        raise InputTypeError(f"the query must be a str, got {type(query).__name__}; decode it first")
     if not isinstance(query, str):
-        raise InputError(f"the query must be a str, got {type(query).__name__}")
-    start = time.perf_counter()
+        raise InputTypeError(f"the query must be a str, got {type(query).__name__}")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"the query is not valid Unicode: {query[exc.start]!r} at index {exc.start}") from None
+    limit = index.max_query_tokens
+    if len(query) > 8 * limit:  # more characters than any text of `limit` tokens has bytes: skip tokenizing
+        raise QueryTooLongError(f"the query has {len(query):,} characters, over the limit of {limit:,} tokens "
+                                "(max_query_tokens); shorten it or raise the store's max_query_tokens")
     ids = [index.eos] + index.tok.encode(query)
-    qc = query_cache(index.model, index.cache)
+    if len(ids) - 1 > limit:
+        raise QueryTooLongError(f"the query is {len(ids) - 1:,} tokens, over the limit of {limit:,} "
+                                "(max_query_tokens); shorten it or raise the store's max_query_tokens")
+    return ids
+
+
+def check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise InputTypeError(f"k must be an int >= 0, got {type(k).__name__} {k!r}")
+    if k < 0:
+        raise InputError(f"k must be an int >= 0, got {k!r}")
+    return k
+
+
+@torch.no_grad()
+def read_question(index, query: str, view=None) -> QueryReads:
+    start = time.perf_counter()
+    ids = check_query(index, query)
+    view = index.view if view is None else view
+    qc = query_cache(index.model, view)
     x = torch.tensor([ids], dtype=torch.long, device=index.device)
     out = index.model(x, cache=qc, read_only=True, return_memory=True, logits_to_keep=1)
     reads = []
     for slots, weights, _gate in out.memory_reads:
         T = slots.shape[1]
         reads.append((slots[0].reshape(T, -1).cpu(), weights[0].reshape(T, -1).float().cpu()))
-    tw = index.token_weights(ids)
+    tw = index.token_weights(ids, view)
     tw[0] = 0.0
     return QueryReads(ids, reads, tw, time.perf_counter() - start)
 
 
 def rank_chunks(index, query: str, k: int, *, with_matches: bool = False, match_top: int = 8) -> list[Hit]:
-    """The k best live chunks for `query` (fewer only when the store holds fewer)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise InputError(f"k must be an int >= 0, got {k!r}")
-    with index.lock:
-        table = index.provenance
+    """The k best live chunks for `query` (fewer only when the store holds fewer).
+
+    Runs on one published view of the store (memory, provenance, documents consistent with each other): a
+    concurrent add or delete is seen entirely or not at all, and never blocks this call."""
+    k = check_k(k)
+    check_query(index, query)  # errors before anything else, even on an empty store
+    with index.snapshot() as (view, db):
+        table = view.provenance
         if k == 0 or table.n_chunks == 0 or not bool(table.alive.any()):
             return []
-        q = read_question(index, query)
+        q = read_question(index, query, view)
         scores = table.score(q.reads, q.token_weight)
         alive = table.alive
         positive = torch.nonzero(alive & (scores > 0)).flatten()
@@ -95,12 +128,12 @@ def rank_chunks(index, query: str, k: int, *, with_matches: bool = False, match_
         if len(chosen) < k:
             rest = torch.nonzero(alive & ~(scores > 0)).flatten()[: k - len(chosen)].tolist()
             chosen += rest
-        records = index.docs.get_chunks(chosen)
+        records = view.docs.get_chunks(chosen, db)
         hits = []
         for rank, cid in enumerate(chosen):
             rec = records.get(cid)
-            if rec is None:  # pragma: no cover - alive chunks always have a record
-                continue
+            if rec is None:  # pragma: no cover - alive chunks always have a record in the same snapshot
+                raise RuntimeError(f"chunk {cid} is live in the memory view but missing from the documents")
             score = float(scores[cid]) if torch.isfinite(scores[cid]) else 0.0
             matches = []
             if with_matches and score > 0:

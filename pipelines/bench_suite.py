@@ -11,6 +11,9 @@ Parts (``parts=``; the CLI's ``bench answers|capacity|cost`` run one part each):
 * ``capacity`` — facts stored vs recall relative to N/k: the bare memory curve of ``bench_memory.capacity_recall``
   at the model's own FwPKM config, and retrieval hit@1 when F near-duplicate facts (one template, differing in
   key and value) are each one chunk.
+* ``paraphrase`` — recall@1/@5 of the gold chunk when the question shares no content word with its fact
+  (synonyms, definitions, reordered clauses) and trap sentences reuse the question's words
+  (pipelines/bench_paraphrase.py; writes paraphrase.json/.md/.png besides the suite's files).
 * ``cost``     — ingest tokens/s, query latency p50/p95 (query encoding included), resident index bytes
   (documents excluded for every system) vs corpus size, model load times, and the crossover corpus size where
   FwPKM's index becomes smaller than FAISS flat's. Each cost corpus holds many needles, so FwPKM's hit@5 is
@@ -31,9 +34,11 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from fwpkm_rag.pipelines.bench_paraphrase import DEFAULTS_FULL as _PARA_FULL
+from fwpkm_rag.pipelines.bench_paraphrase import DEFAULTS_QUICK as _PARA_QUICK
 from fwpkm_rag.pipelines.bench_systems import DEFAULT_SYSTEMS, FWPKM, SystemSet, close_all, load_model
 
-PARTS = ("needles", "answers", "capacity", "cost")
+PARTS = ("needles", "answers", "capacity", "paraphrase", "cost")
 
 FULL = dict(
     lengths=(1024, 4096, 16384, 32768, 65536, 131072),
@@ -50,6 +55,7 @@ FULL = dict(
     inmemory_max_chunks=128,  # InMemoryVectorStore re-embeds; its ranking equals FAISS flat's (exact cosine)
     scaling_depths=(0.5,),
     scaling_distractors=(16, 64),
+    **_PARA_FULL,
 )
 QUICK = dict(
     lengths=(1024, 4096, 8192),
@@ -66,6 +72,7 @@ QUICK = dict(
     inmemory_max_chunks=64,
     scaling_depths=(0.5,),
     scaling_distractors=(16,),
+    **_PARA_QUICK,
 )
 SCALING_LENGTH = 1_048_576
 
@@ -512,8 +519,11 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
               scaling: bool = False, threads: int = 1, model=None, model_path: Optional[str] = None,
               systems: Optional[Sequence[str]] = None, chunk_size: int = 256, k: int = 5, budget: int = 512,
               use_reader: bool = True, plots: bool = True, overrides: Optional[dict] = None,
-              lengths: Optional[Sequence[int]] = None) -> dict:
-    """Run the chosen parts; write suite.json, suite.md and plots to out_dir; return the results dict."""
+              lengths: Optional[Sequence[int]] = None, extra_systems: Optional[dict] = None) -> dict:
+    """Run the chosen parts; write suite.json, suite.md and plots to out_dir; return the results dict.
+
+    ``extra_systems`` adds systems by name: {name: factory returning a fresh empty system}, e.g.
+    ``{"fwpkm-smollm2": bench_systems.fwpkm_factory(model, chunk_size)}`` (see ``SystemSet.extra``)."""
     import torch
 
     wall0 = time.perf_counter()
@@ -527,6 +537,7 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
         cfg["lengths"] = tuple(cfg["lengths"]) + (SCALING_LENGTH,)
     if lengths:
         cfg["lengths"] = tuple(lengths)
+        cfg["paraphrase_lengths"] = tuple(lengths)
     cfg.update(overrides or {})
     os.makedirs(out_dir, exist_ok=True)
 
@@ -547,7 +558,7 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
         MiniLMEncoder.shared()
         loads["MiniLM load"] = time.perf_counter() - t0
     sset = SystemSet(systems or DEFAULT_SYSTEMS, model=model, chunk_size=chunk_size, inmemory_max_chunks=cfg["inmemory_max_chunks"],
-                     encoder=None)
+                     encoder=None, extra=extra_systems or {})
     log(f"systems: {sset.names} (skipped: {sset.skipped}); model: {model_desc}")
     res: dict = dict(meta=dict(machine=_machine(threads), commit=_commit(), python=sys.version.split()[0],
                                torch=torch.__version__, quick=quick, scaling=scaling, parts=list(parts),
@@ -578,6 +589,15 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
         t0 = time.perf_counter()
         res["capacity"] = run_capacity(sset, model, cfg, log)
         part_s["capacity"] = time.perf_counter() - t0
+        save_partial()
+    if "paraphrase" in parts:
+        from fwpkm_rag.pipelines.bench_paraphrase import run_paraphrase, write_outputs
+
+        t0 = time.perf_counter()
+        res["paraphrase"] = run_paraphrase(sset, cfg, k, log)
+        part_s["paraphrase"] = time.perf_counter() - t0
+        for p in write_outputs(res["paraphrase"], res["meta"], out_dir, plots=plots):
+            log(f"paraphrase: {p}")
         save_partial()
     if "cost" in parts:
         t0 = time.perf_counter()
@@ -626,6 +646,10 @@ def report(res: dict) -> str:
         parts.append(answers_table(res["answers"]))
     if res.get("capacity"):
         parts.append(capacity_table(res["capacity"]))
+    if res.get("paraphrase"):
+        from fwpkm_rag.pipelines.bench_paraphrase import paraphrase_table
+
+        parts.append(paraphrase_table(res["paraphrase"], systems))
     if res.get("cost"):
         parts.append(cost_tables(res["cost"], m["load_s"]))
     return "\n".join(p for p in parts if p)

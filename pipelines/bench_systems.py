@@ -70,6 +70,16 @@ class FwPKMSystem:
         self.store.close()
 
 
+def fwpkm_factory(model, chunk_size: int = 256, **kwargs):
+    """A SystemSet ``extra`` factory: FwPKM retrieval over another model with the FwPKMForCausalLM interface
+    (e.g. a pretrained backbone with FwPKM attached), used exactly as the ``fwpkm`` system uses its model."""
+
+    def make() -> FwPKMSystem:
+        return FwPKMSystem(model, chunk_size=chunk_size, **kwargs)
+
+    return make
+
+
 def load_model(path: Optional[str] = None, dev_preset: Optional[str] = None):
     """(model, description, load seconds). The shipped model unless ``path``; while the shipped checkpoint is
     missing (it is being trained) fall back to ``build_model(dev_preset or "tiny")`` and say so in the
@@ -114,15 +124,20 @@ class SystemSet:
     inmemory_max_chunks: Optional[int] = None  # skip InMemoryVectorStore above this many chunks (it re-embeds)
     encoder: object = None
     skipped: dict = field(default_factory=dict)
+    # more systems by name: a factory called with no arguments returns a fresh, empty system (add/search/
+    # nbytes[/close]); e.g. {"fwpkm-smollm2": fwpkm_factory(other_model, chunk_size)}. They may be named in
+    # ``names`` or not (then they are appended).
+    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         from fwpkm_rag.pipelines.baselines import BASELINES, available_baselines
 
-        avail = set(available_baselines()) | {FWPKM}
+        self.extra = dict(self.extra or {})
+        avail = set(available_baselines()) | {FWPKM} | set(self.extra)
         names = []
-        for n in self.names:
-            if n != FWPKM and n not in BASELINES:
-                raise ConfigError(f"unknown system {n!r}; choose from {[FWPKM, *BASELINES]}")
+        for n in list(self.names) + [e for e in self.extra if e not in self.names]:
+            if n != FWPKM and n not in BASELINES and n not in self.extra:
+                raise ConfigError(f"unknown system {n!r}; choose from {[FWPKM, *BASELINES, *self.extra]}")
             if n not in avail:
                 self.skipped[n] = "library not installed"
                 continue
@@ -149,7 +164,9 @@ class SystemSet:
         for n in names:
             if n == "minilm-inmemory" and self.inmemory_max_chunks is not None and len(chunks) > self.inmemory_max_chunks:
                 continue
-            if n == FWPKM:
+            if n in self.extra:
+                sys_ = self.extra[n]()
+            elif n == FWPKM:
                 sys_ = FwPKMSystem(self.model, chunk_size=self.chunk_size)
             elif n.startswith("minilm"):
                 sys_ = make_baseline(n, encoder=self.encoder)

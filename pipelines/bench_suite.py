@@ -515,6 +515,19 @@ def ratios_text(cost: list[dict]) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # driver
 # ----------------------------------------------------------------------------------------------------------
+# Systems named on the command line that put FwPKM on a pretrained backbone (docs/backbone.md): name -> backbone.
+BACKBONE_SYSTEMS = {"fwpkm-smollm2": "smollm2"}
+
+
+def backbone_system(name: str, chunk_size: int):
+    """A SystemSet factory for FwPKM attached to the named offline backbone (untrained FwPKM weights,
+    calibrated; the defaults of AttachedFwPKMModel.from_backbone)."""
+    from fwpkm_rag.modeling.attached import AttachedFwPKMModel
+    from fwpkm_rag.pipelines.bench_systems import fwpkm_factory
+
+    return fwpkm_factory(AttachedFwPKMModel.from_backbone(BACKBONE_SYSTEMS[name]), chunk_size)
+
+
 def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", quick: bool = False,
               scaling: bool = False, threads: int = 1, model=None, model_path: Optional[str] = None,
               systems: Optional[Sequence[str]] = None, chunk_size: int = 256, k: int = 5, budget: int = 512,
@@ -557,8 +570,14 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
         t0 = time.perf_counter()
         MiniLMEncoder.shared()
         loads["MiniLM load"] = time.perf_counter() - t0
+    extra_systems = dict(extra_systems or {})
+    for name in systems or ():
+        if name in BACKBONE_SYSTEMS and name not in extra_systems:
+            t0 = time.perf_counter()
+            extra_systems[name] = backbone_system(name, chunk_size)
+            loads[f"{name} load"] = time.perf_counter() - t0
     sset = SystemSet(systems or DEFAULT_SYSTEMS, model=model, chunk_size=chunk_size, inmemory_max_chunks=cfg["inmemory_max_chunks"],
-                     encoder=None, extra=extra_systems or {})
+                     encoder=None, extra=extra_systems)
     log(f"systems: {sset.names} (skipped: {sset.skipped}); model: {model_desc}")
     res: dict = dict(meta=dict(machine=_machine(threads), commit=_commit(), python=sys.version.split()[0],
                                torch=torch.__version__, quick=quick, scaling=scaling, parts=list(parts),

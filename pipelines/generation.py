@@ -6,7 +6,7 @@ only: the store is never changed by a question) or fresh (a private memory that 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -24,6 +24,11 @@ def format_prompt(tok, messages: Sequence[tuple[str, str]], prompt_format: str =
     was trained on), after the system text if any.
     """
     if prompt_format == "chat":
+        if hasattr(tok, "chat_ids"):  # a transformers tokenizer with its own chat template (HFTokenizer)
+            for role, _ in messages:
+                if role not in ROLES:
+                    raise InputError(f"unknown message role {role!r}; expected one of {sorted(ROLES)}")
+            return tok.chat_ids(list(messages))
         special = tok.special_ids
         ids = [tok.eos_id]
         for role, text in messages:
@@ -41,12 +46,33 @@ def format_prompt(tok, messages: Sequence[tuple[str, str]], prompt_format: str =
     raise InputError(f"prompt_format must be 'chat' or 'qa', got {prompt_format!r}")
 
 
+def special_token_mask(tok, size: int) -> torch.Tensor:
+    """(size,) bool: True at the ids that end an answer (special tokens, and ids the tokenizer does not have)."""
+    mask = torch.zeros(size, dtype=torch.bool)
+    ids = getattr(tok, "special_token_ids", None)
+    if ids is None:  # the project tokenizer: every id from k_ranks on is special
+        mask[tok.k_ranks:] = True
+    else:
+        mask[[i for i in ids if i < size]] = True
+        mask[tok.vocab_size:] = True
+    return mask
+
+
+def reader_prompt(question: str, context: Optional[str]) -> str:
+    """The user message of a classic RAG reader: the retrieved text, then the question (closed-book without)."""
+    if context:
+        return (f"Read the text and answer the question.\n\nText:\n{context}\n\n"
+                f"Question: {question}\nReply with the answer only.")
+    return f"Question: {question}\nReply with the answer only."
+
+
 @dataclass
 class GenerationStats:
     input_tokens: int = 0
     output_tokens: int = 0
     finish_reason: str = "length"  # "stop" (eos / stop sequence / end of turn) or "length"
     seconds: float = 0.0
+    sources: list = field(default_factory=list)  # reader mode: the retrieved chunks the answer was read from
 
 
 class _Utf8Buffer:
@@ -89,7 +115,6 @@ def stream_generate(model, cache, prompt_ids: list[int], *, read_only: bool, max
     stats.input_tokens = len(prompt_ids)
     stop = [s for s in (stop or []) if s]
     hold = max((len(s) for s in stop), default=1) - 1
-    n_text = tok.k_ranks  # ids >= this are special tokens (and any padding of the embedding table)
     limit = 2**31 if max_new_tokens is None else int(max_new_tokens)
     gen = None
     if temperature and temperature > 0:
@@ -98,13 +123,14 @@ def stream_generate(model, cache, prompt_ids: list[int], *, read_only: bool, max
     start = time.perf_counter()
     x = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     logits = model(x, cache=cache, read_only=read_only, logits_to_keep=1).logits[0, -1].float().cpu()
+    special = special_token_mask(tok, logits.shape[-1])
     buf, text, emitted, cut = _Utf8Buffer(), "", 0, -1
     stats.finish_reason = "length"
     for step in range(limit):
         if timeout is not None and time.perf_counter() - start > timeout:
             raise TimeoutError(f"generation took longer than timeout={timeout} s")
         if step == 0:
-            logits[n_text:] = float("-inf")  # an answer starts with text
+            logits[special] = float("-inf")  # an answer starts with text
         if gen is None:
             nxt = int(logits.argmax())
         else:
@@ -114,7 +140,7 @@ def stream_generate(model, cache, prompt_ids: list[int], *, read_only: bool, max
                 keep = torch.cumsum(sp, 0) - sp < top_p
                 probs = torch.zeros_like(probs).scatter_(0, si[keep], sp[keep])
             nxt = int(torch.multinomial(probs, 1, generator=gen))
-        if nxt >= n_text:
+        if special[nxt]:
             stats.finish_reason = "stop"
             break
         stats.output_tokens += 1

@@ -21,7 +21,10 @@ provenance table of its FwPKM layer. Chunks are `chunk_tokens` tokens of the doc
 widens the returned text to the left, attribution uses the non-overlapping core spans.
 
 Nothing but the current piece, the provenance table (fixed size) and a map of the still-unwritten positions
-is held in RAM: an iterable/generator of any length streams through at flat memory.
+is held in RAM: an iterable/generator of any length streams through at flat memory. One document is held
+whole while it is ingested (its UTF-8 bytes, int32 token ids and chunk texts: about 6 bytes per character on top
+of the text itself); it is tokenized in segments (`encode_document`) and documents over `max_document_chars` (default 10M
+characters) are refused before tokenizing unless the caller opts in (`max_document_chars=None`).
 
 Transactions and readers. An add (or delete) call is one transaction: it works on private copies of the
 memory states, the provenance table and the token counts, and on an open SQLite transaction; at the end it
@@ -45,23 +48,29 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-from fwpkm_rag.errors import ConfigError, DuplicateIdError, InputError, InputTypeError
+from fwpkm_rag.errors import ConfigError, DocumentTooLargeError, DuplicateIdError, InputError, InputTypeError
 from fwpkm_rag.pipelines.docstore import DocStore, dump_metadata
 from fwpkm_rag.pipelines.provenance import ProvenanceTable
 
 
 def token_byte_lengths(tok) -> np.ndarray:
-    """(vocab,) UTF-8 byte length of every token of `tok` (special tokens: their names' bytes)."""
+    """(vocab,) int32 UTF-8 byte length of every token of `tok` (special tokens: their names' bytes)."""
     cached = getattr(tok, "_fwpkm_byte_lengths", None)
     if cached is None:
         enc = tok._enc
         lengths = [len(enc.decode_single_token_bytes(i)) for i in range(tok.vocab_size)]
-        cached = np.asarray(lengths, dtype=np.int64)
+        cached = np.asarray(lengths, dtype=np.int32)
         try:
             tok._fwpkm_byte_lengths = cached
         except AttributeError:  # pragma: no cover - slotted tokenizer
             pass
     return cached
+
+
+def memory_only_kwargs(model) -> dict:
+    """Ingestion and retrieval use only the memory: models that can stop after their last FwPKM layer
+    (AttachedFwPKMModel, a truncated backbone forward) are asked to."""
+    return {"memory_only": True} if getattr(model, "supports_memory_only", False) else {}
 
 
 def chunk_spans(text: str, ids: list[int], tok, chunk_tokens: int, chunk_overlap: int) -> list[tuple]:
@@ -79,9 +88,16 @@ def chunk_spans(text: str, ids: list[int], tok, chunk_tokens: int, chunk_overlap
     if n == 0:
         return [(0, text, 0, 0, 0)]
     raw = text.encode("utf-8")
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(token_byte_lengths(tok)[np.asarray(ids)], out=offsets[1:])
-    if offsets[-1] != len(raw):  # the tokenizer should round-trip exactly; fall back to decoded slices
+    # byte offset of every token position a cut can land on (core starts and overlap starts), not of every
+    # token: O(chunks) memory on top of the (n,) int32 byte lengths, for documents of millions of tokens
+    starts = np.arange(0, n, chunk_tokens, dtype=np.int64)
+    points = np.unique(np.concatenate([starts, np.maximum(starts - chunk_overlap, 0), [n]]))
+    lengths = token_byte_lengths(tok).astype(np.int32, copy=False)[np.asarray(ids)]
+    point_bytes = np.zeros(len(points), dtype=np.int64)
+    np.cumsum(np.add.reduceat(lengths, points[:-1], dtype=np.int64), out=point_bytes[1:])
+    del lengths
+    offsets = dict(zip(points.tolist(), point_bytes.tolist()))
+    if offsets[n] != len(raw):  # the tokenizer should round-trip exactly; fall back to decoded slices
         offsets = None
 
     def cut(tok_pos: int) -> int:  # byte offset of a token boundary, moved back to a character boundary
@@ -105,6 +121,47 @@ def chunk_spans(text: str, ids: list[int], tok, chunk_tokens: int, chunk_overlap
     return out
 
 
+SEGMENT_CHARS = 1 << 20
+"""Documents longer than this many characters are tokenized segment by segment (see `encode_document`)."""
+
+DEFAULT_MAX_DOCUMENT_CHARS = 10_000_000
+"""Default `max_document_chars`: about 2.5M tokens, 5-15 minutes of ingestion on a 2-core CPU."""
+
+
+def encode_document(tok, text: str, segment_chars: Optional[int] = None) -> np.ndarray:
+    """A document's token ids as an int32 array, tokenized in segments of about `segment_chars` characters.
+
+    Tokenizing a 50 MB string at once builds a list of ~12M Python ints (~450 MB); segments keep that to a few
+    MB at a time, and the ids are kept as int32 (4 bytes per token). A long text is cut after a newline (else
+    before a space, else anywhere) near each segment end; each segment round-trips exactly, so the ids still
+    decode to `text` exactly (they can differ from a whole-text encoding at a cut, where a word could have
+    merged across it)."""
+    segment_chars = SEGMENT_CHARS if segment_chars is None else segment_chars
+    if len(text) <= segment_chars:
+        return np.asarray(tok.encode(text), dtype=np.int32)
+    parts, pos = [], 0
+    while pos < len(text):
+        hi = min(pos + segment_chars, len(text))
+        if hi < len(text):
+            lo = hi - segment_chars // 8
+            nl = text.rfind("\n", lo, hi)
+            sp = text.rfind(" ", lo, hi)
+            hi = nl + 1 if nl > pos else (sp if sp > pos else hi)
+        parts.append(np.asarray(tok.encode(text[pos:hi]), dtype=np.int32))
+        pos = hi
+    return np.concatenate(parts)
+
+
+def check_limit(text: str, n: int, limit: Optional[int]) -> None:
+    """Refuse a document longer than `limit` characters (None: no limit), before any work is done on it."""
+    if limit is not None and len(text) > limit:
+        raise DocumentTooLargeError(
+            f"document #{n} has {len(text):,} characters, over the limit of {limit:,} (max_document_chars): about "
+            f"{len(text) // 4:,} tokens, which stream into the memory at roughly 3-10K tokens/s on a CPU. Split it "
+            "into several documents, or opt in: FwPKMStore(max_document_chars=None) or add_texts(..., "
+            "max_document_chars=None) (CLI: --max-document-chars 0)")
+
+
 @dataclass(frozen=True)
 class IndexView:
     """A published, immutable state of an index: what readers see. Nothing ever writes these objects."""
@@ -121,19 +178,64 @@ def _clone_table(table: ProvenanceTable) -> ProvenanceTable:
     return ProvenanceTable.from_tensors({k: v.clone() for k, v in table.tensors().items()})
 
 
-def check_text(text, n: int) -> str:
-    """A document's text must be a str of valid Unicode (encodable as UTF-8)."""
+def _check_max_chars(value) -> Optional[int]:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"max_document_chars must be None (no limit) or an int >= 1, got {value!r}")
+    return value
+
+
+_KEEP = object()  # add(max_document_chars=...) not given: the index's own limit
+
+
+def check_text(text, n: int, limit: Optional[int] = None) -> str:
+    """A document's text must be a str of valid Unicode (encodable as UTF-8) of at most `limit` characters
+    (checked first: a huge text is refused without being read)."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         raise InputTypeError(f"document #{n}: text must be a str, got {type(text).__name__}; decode it first "
                              "(e.g. data.decode('utf-8'))")
     if not isinstance(text, str):
         raise InputTypeError(f"document #{n}: text must be a str, got {type(text).__name__}")
+    check_limit(text, n, limit)
     try:
-        text.encode("utf-8")
+        if not text.isascii():  # (an ASCII str is valid; no 50 MB copy for a 50 MB document)
+            text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InputError(f"document #{n}: text is not valid Unicode: {text[exc.start]!r} at index {exc.start} "
                          "(a lone surrogate, e.g. from decoding non-UTF-8 bytes with errors='surrogateescape')") from None
     return text
+
+
+class _Piece:
+    """Token ids queued for the model, cut into calls of `size` tokens in linear time (no re-slicing of the
+    whole queue per call: a 12M-token document would make that quadratic)."""
+
+    def __init__(self, size: int):
+        self.size, self.parts, self.n = size, [], 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def push(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self.parts.append(ids)
+            self.n += len(ids)
+
+    def full(self) -> Iterator[np.ndarray]:
+        """Yield every full call's ids (views); keep the remainder queued."""
+        if self.n < self.size:
+            return
+        buf = self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
+        self.parts, self.n = [], 0
+        off = 0
+        while len(buf) - off >= self.size:
+            yield buf[off:off + self.size]
+            off += self.size
+        self.push(buf[off:])
+
+    def rest(self) -> np.ndarray:
+        buf = np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=np.int32)
+        self.parts, self.n = [], 0
+        return buf
 
 
 class MemoryIndex:
@@ -143,7 +245,9 @@ class MemoryIndex:
 
     def __init__(self, model, *, chunk_tokens: int = 256, chunk_overlap: int = 0, piece_tokens: int = 2048,
                  per_slot: int = 32, passes: int = 1, show_progress: bool = False, _docstore: Optional[DocStore] = None,
-                 max_query_tokens: Optional[int] = None):
+                 max_query_tokens: Optional[int] = None,
+                 max_document_chars: Optional[int] = DEFAULT_MAX_DOCUMENT_CHARS):
+        self.max_document_chars = _check_max_chars(max_document_chars)
         if max_query_tokens is not None:
             if isinstance(max_query_tokens, bool) or not isinstance(max_query_tokens, int) or max_query_tokens < 1:
                 raise ConfigError(f"max_query_tokens must be an int >= 1, got {max_query_tokens!r}")
@@ -232,12 +336,15 @@ class MemoryIndex:
 
     # ---- ingestion ------------------------------------------------------------------------------------------
     def add(self, items: Iterable[tuple[Optional[str], str, Optional[dict]]], *, passes: Optional[int] = None,
-            show_progress: Optional[bool] = None) -> list[str]:
+            show_progress: Optional[bool] = None, max_document_chars=_KEEP) -> list[str]:
         """Ingest (id or None, text, metadata or None) items from any iterable; returns the ids in order.
 
-        An id that is already in the store is replaced (its old chunks are never returned again).
+        An id that is already in the store is replaced (its old chunks are never returned again). A document
+        longer than `max_document_chars` (default: the index's; None: no limit) raises DocumentTooLargeError
+        before it is tokenized, and the whole call is rolled back.
         """
         passes = self.passes if passes is None else passes
+        limit = self.max_document_chars if max_document_chars is _KEEP else _check_max_chars(max_document_chars)
         progress = self.show_progress if show_progress is None else show_progress
         bar = None
         if progress:
@@ -249,10 +356,10 @@ class MemoryIndex:
         with self.lock, torch.no_grad():
             saved = self._begin()
             self._writing = True
-            piece: list[int] = []
+            piece = _Piece(self.piece_tokens)  # tokens queued for the next model call
             try:
                 for n_done, (doc_id, text, metadata) in enumerate(items):
-                    doc_id = self._check_item(doc_id, text, metadata, n_done)
+                    doc_id = self._check_item(doc_id, text, metadata, n_done, limit)
                     if doc_id in seen:
                         raise DuplicateIdError(f"id {doc_id!r} appears twice in one add call (#{seen[doc_id]} and "
                                                f"#{n_done}): ids within one batch must be unique")
@@ -262,19 +369,19 @@ class MemoryIndex:
                     for p in range(passes):
                         base = self.cache.position + len(piece)
                         if not self.at_boundary:  # the stream's very first document: lead with an eos
-                            piece.append(self.eos)
+                            piece.push(np.asarray([self.eos], dtype=np.int32))
                             shift = 1
                         else:
                             shift = 0
                         self._seg_start += [base] + [base + shift + s for s in starts[1:]]
                         self._seg_chunk += chunks
-                        piece += body
+                        piece.push(body)
                         self.at_boundary = True
-                        while len(piece) >= self.piece_tokens:
-                            self._run(piece[: self.piece_tokens], bar)
-                            piece = piece[self.piece_tokens:]
-                if piece:
-                    self._run(piece, bar)
+                        for full in piece.full():
+                            self._run(full, bar)
+                    del body
+                if len(piece):
+                    self._run(piece.rest(), bar)
                 self._record(self.cache.flush())
                 self._seg_start, self._seg_chunk = [], []
                 self._sync_meta()
@@ -288,8 +395,8 @@ class MemoryIndex:
                     bar.close()
         return ids_out
 
-    def _check_item(self, doc_id, text, metadata, n: int) -> str:
-        check_text(text, n)
+    def _check_item(self, doc_id, text, metadata, n: int, limit: Optional[int] = None) -> str:
+        check_text(text, n, limit)
         if doc_id is None:
             doc_id = str(uuid.uuid4())
         if not isinstance(doc_id, str):
@@ -302,11 +409,11 @@ class MemoryIndex:
             raise InputError(f"document #{n}: id {doc_id!r} is not valid Unicode (a lone surrogate)") from None
         return doc_id
 
-    def _register(self, doc_id: str, text: str, metadata: Optional[dict]) -> tuple[list[int], list[int], list[int]]:
-        """Tokenize and chunk a document and store it. Returns its stream tokens (ids + eos), and per chunk the
-        offset of its first core token in them and its chunk id."""
+    def _register(self, doc_id: str, text: str, metadata: Optional[dict]) -> tuple[np.ndarray, list[int], list[int]]:
+        """Tokenize and chunk a document and store it. Returns its stream tokens (ids + eos, int32), and per
+        chunk the offset of its first core token in them and its chunk id."""
         meta_json = dump_metadata(metadata)
-        ids = self.tok.encode(text)
+        ids = encode_document(self.tok, text)
         if self.docs.has(doc_id):
             self.delete([doc_id])
         spans = chunk_spans(text, ids, self.tok, self.chunk_tokens, self.chunk_overlap)
@@ -316,15 +423,21 @@ class MemoryIndex:
         rows = [(first + idx, idx, txt, off, s, e) for idx, txt, off, s, e in spans]
         self.docs.add_document(doc_id, self.next_seq, meta_json, rows)
         self.next_seq += 1
-        for idx, _, _, s, e in spans:
-            if e > s:
-                self.chunk_df[torch.unique(torch.as_tensor(ids[s:e]))] += 1
-        return ids + [self.eos], [s for _, _, _, s, _ in spans], [first + idx for idx, *_ in spans]
+        del rows
+        vocab = self.chunk_df.numel()
+        block = self.chunk_tokens * max(1, (1 << 20) // self.chunk_tokens)  # whole chunks, ~1M tokens at a time
+        for b in range(0, len(ids), block):  # +1 per (chunk, distinct token in it)
+            part = torch.from_numpy(ids[b:b + block]).long()
+            chunk_of = torch.arange(b, b + len(part)) // self.chunk_tokens
+            pairs = torch.unique(chunk_of * vocab + part)
+            self.chunk_df += torch.bincount(pairs % vocab, minlength=vocab)
+        return (np.append(ids, np.int32(self.eos)), [s for _, _, _, s, _ in spans],
+                [first + idx for idx, *_ in spans])
 
-    def _run(self, piece: list[int], bar) -> None:
+    def _run(self, piece: np.ndarray, bar) -> None:
         start = time.perf_counter()
-        ids = torch.tensor([piece], dtype=torch.long, device=self.device)
-        out = self.model(ids, cache=self.cache, return_memory=True, logits_to_keep=1)
+        ids = torch.from_numpy(np.ascontiguousarray(piece, dtype=np.int64))[None].to(self.device)
+        out = self.model(ids, cache=self.cache, return_memory=True, logits_to_keep=1, **memory_only_kwargs(self.model))
         self._record(out.memory_writes)
         self.tokens_ingested += len(piece)
         self._prune()
@@ -395,9 +508,10 @@ class MemoryIndex:
         with self.lock:
             fresh = MemoryIndex(self.model, chunk_tokens=self.chunk_tokens, chunk_overlap=self.chunk_overlap,
                                 piece_tokens=self.piece_tokens, per_slot=self.provenance.per_slot, passes=self.passes,
-                                show_progress=self.show_progress, max_query_tokens=self.max_query_tokens)
+                                show_progress=self.show_progress, max_query_tokens=self.max_query_tokens,
+                                max_document_chars=self.max_document_chars)
             try:
-                fresh.add(self.iter_documents(), passes=passes)
+                fresh.add(self.iter_documents(), passes=passes, max_document_chars=None)  # already admitted
             except BaseException:
                 fresh.docs.close()
                 raise

@@ -25,9 +25,9 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, Field
 
-from fwpkm_rag.errors import InputError, InputTypeError, QueryTooLongError
-from fwpkm_rag.pipelines.generation import GenerationStats, format_prompt, stream_generate
-from fwpkm_rag.pipelines.ingest import MemoryIndex
+from fwpkm_rag.errors import DocumentTooLargeError, InputError, InputTypeError, QueryTooLongError
+from fwpkm_rag.pipelines.generation import GenerationStats, format_prompt, reader_prompt, stream_generate
+from fwpkm_rag.pipelines.ingest import DEFAULT_MAX_DOCUMENT_CHARS, MemoryIndex
 from fwpkm_rag.pipelines.retrieval import Hit, check_k, query_cache, rank_chunks
 
 
@@ -37,13 +37,21 @@ def _default_model():
     return load_default_model()
 
 
-def read_text_file(path) -> str:
-    """A file's text (UTF-8), with clear errors for missing, unreadable or non-UTF-8 files."""
+def read_text_file(path, max_chars: Optional[int] = None) -> str:
+    """A file's text (UTF-8), with clear errors for missing, unreadable or non-UTF-8 files. A file of more than
+    4 x `max_chars` bytes (more than `max_chars` characters whatever it holds) raises DocumentTooLargeError
+    without being read."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
     if os.path.isdir(path):
         raise InputError(f"{path} is a folder: pass files (e.g. a shell glob of them)")
+    size = os.path.getsize(path)
+    if max_chars is not None and size > 4 * max_chars:  # UTF-8: at most 4 bytes per character
+        raise DocumentTooLargeError(
+            f"{path} is {size:,} bytes, so at least {-(-size // 4):,} characters, over the limit of {max_chars:,} "
+            "(max_document_chars): split it into several files, or opt in with max_document_chars=None "
+            "(CLI: --max-document-chars 0)")
     with open(path, "rb") as fh:
         data = fh.read()
     try:
@@ -58,16 +66,22 @@ class FwPKMStore(VectorStore):
 
     `FwPKMStore(model=None, chunk_tokens=256, chunk_overlap=0, ...)`: with no model, the shipped default
     (`fwpkm_rag.load_default_model()`). Each store has its own isolated memory (one collection).
+
+    `max_document_chars` (default 10,000,000, about 2.5M tokens): a longer document raises
+    DocumentTooLargeError before it is tokenized and its add call changes nothing; pass None (here or to one
+    add call) to ingest documents of any size, in memory proportional to the document (about 6 bytes per
+    character on top of the text itself) and at the model's usual tokens/s.
     """
 
     def __init__(self, model=None, *, chunk_tokens: int = 256, chunk_overlap: int = 0, piece_tokens: int = 2048,
                  per_slot: int = 32, passes: int = 1, show_progress: bool = False, max_query_tokens: Optional[int] = None,
-                 _index: Optional[MemoryIndex] = None):
+                 max_document_chars: Optional[int] = DEFAULT_MAX_DOCUMENT_CHARS, _index: Optional[MemoryIndex] = None):
         if _index is None:
             model = model if model is not None else _default_model()
             _index = MemoryIndex(model, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
                                  piece_tokens=piece_tokens, per_slot=per_slot, passes=passes,
-                                 show_progress=show_progress, max_query_tokens=max_query_tokens)
+                                 show_progress=show_progress, max_query_tokens=max_query_tokens,
+                                 max_document_chars=max_document_chars)
         self.index = _index
 
     # ---- properties ---------------------------------------------------------------------------------------
@@ -129,14 +143,16 @@ class FwPKMStore(VectorStore):
 
         if isinstance(paths, (str, bytes, os.PathLike)):
             raise InputTypeError("add_files() takes an iterable of paths; wrap a single path in a list")
+        add_kwargs = _add_kwargs(kwargs)
+        limit = add_kwargs.get("max_document_chars", self.index.max_document_chars)
 
         def items():
             for path in paths:
                 if not isinstance(path, (str, os.PathLike)):
                     raise InputTypeError(f"add_files() takes str or os.PathLike paths, got {type(path).__name__}")
-                yield os.fspath(path), read_text_file(path), {"source": os.fspath(path)}
+                yield os.fspath(path), read_text_file(path, limit), {"source": os.fspath(path)}
 
-        return self.index.add(items(), **_add_kwargs(kwargs))
+        return self.index.add(items(), **add_kwargs)
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], embedding: Optional[Embeddings] = None,
@@ -172,7 +188,9 @@ class FwPKMStore(VectorStore):
         """Re-ingest the live documents into a fresh memory and provenance table, so that deleted or replaced
         content is gone from the fast weights too (a delete alone only hides its chunks from retrieval).
         Costs a full re-ingestion; readers keep being served from the old state until the swap."""
-        self.index.rebuild(**_add_kwargs(kwargs))
+        add_kwargs = _add_kwargs(kwargs)
+        add_kwargs.pop("max_document_chars", None)  # the live documents were admitted already
+        self.index.rebuild(**add_kwargs)
         return self
 
     # ---- search -------------------------------------------------------------------------------------------
@@ -220,7 +238,7 @@ class FwPKMStore(VectorStore):
 
 
 _STORE_ARGS = {"chunk_tokens", "chunk_overlap", "piece_tokens", "per_slot", "passes", "show_progress",
-               "max_query_tokens"}
+               "max_query_tokens", "max_document_chars"}
 
 
 def _check_ids_arg(ids, where: str) -> None:
@@ -241,7 +259,7 @@ def _id_list(ids, where: str) -> list[str]:
 
 
 def _add_kwargs(kwargs: dict) -> dict:
-    out = {k: kwargs.pop(k) for k in ("passes", "show_progress") if k in kwargs}
+    out = {k: kwargs.pop(k) for k in ("passes", "show_progress", "max_document_chars") if k in kwargs}
     return out
 
 
@@ -298,6 +316,10 @@ class ChatFwPKM(BaseChatModel):
     `ChatFwPKM(store=store)`: the store's model, reading the store's memory (read only: a question never changes
     the store). `ChatFwPKM(model=m)`: a given FwPKMForCausalLM with a fresh memory per call. Neither: the
     shipped default model with a fresh memory.
+
+    `mode="reader"` (with a store): classic RAG with the same model — the store's top `k` chunks for the last
+    user message are put in the prompt (`generation.reader_prompt`) and the model reads them with its memory
+    off (an attached backbone's `as_reader()`); `response_metadata["sources"]` names those chunks.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
@@ -313,6 +335,10 @@ class ChatFwPKM(BaseChatModel):
     stop: Optional[list[str]] = Field(default=None, alias="stop_sequences")
     max_retries: int = 0  # local model: nothing to retry; accepted for LangChain compatibility
     prompt_format: str = "chat"  # "chat" (role special tokens) or "qa" ("Question: ...\nAnswer:")
+    # "memory": answer from the store's memory by generation; "reader": classic RAG with the same backbone —
+    # the store retrieves `k` chunks for the last user message and the model reads them (memory off).
+    mode: str = "memory"
+    k: int = 4
 
     @property
     def _llm_type(self) -> str:
@@ -321,7 +347,7 @@ class ChatFwPKM(BaseChatModel):
     @property
     def _identifying_params(self) -> dict:
         return {"model_name": self.model_name, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                "prompt_format": self.prompt_format, "bound_to_store": self.store is not None}
+                "prompt_format": self.prompt_format, "bound_to_store": self.store is not None, "mode": self.mode}
 
     def _lm(self):
         if self.store is not None:
@@ -344,6 +370,12 @@ class ChatFwPKM(BaseChatModel):
                 text.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise InputError(f"message #{n} is not valid Unicode: {text[exc.start]!r} at index {exc.start}") from None
+        mode = kwargs.get("mode", self.mode)
+        if mode not in ("memory", "reader"):
+            raise InputError(f"mode must be 'memory' or 'reader', got {mode!r}")
+        if mode == "reader":
+            lm, conv = self._reader_conversation(lm, conv, kwargs.get("k", self.k), stats)
+            tok = lm.get_tokenizer()
         prompt = format_prompt(tok, conv, kwargs.get("prompt_format", self.prompt_format))
         limit = self.store.index.max_query_tokens if self.store is not None else MemoryIndex.max_query_tokens
         if len(prompt) > limit:
@@ -355,13 +387,30 @@ class ChatFwPKM(BaseChatModel):
         stops = list(stop if stop is not None else (self.stop or []))
         # The store's published view: a concurrent add is seen whole or not at all, and never waited for.
         view = self.store.index.view if self.store is not None else None
-        cache, read_only = self._cache(lm, view)
+        if mode == "reader":
+            cache, read_only = lm.init_cache(1), True  # the reader's own fresh cache: the store is never touched
+        else:
+            cache, read_only = self._cache(lm, view)
         yield from stream_generate(
             lm, cache, prompt, read_only=read_only,
             max_new_tokens=max_new,
             temperature=kwargs.get("temperature", self.temperature), top_p=kwargs.get("top_p", self.top_p),
             seed=kwargs.get("seed", self.seed), stop=stops, timeout=kwargs.get("timeout", self.timeout),
             stats=stats)
+
+    def _reader_conversation(self, lm, conv: list, k, stats: GenerationStats):
+        """(reader model, conversation): the store's top-k chunks for the last user message, in the classic RAG
+        prompt (generation.reader_prompt); an attached backbone reads with its memory off (`as_reader`)."""
+        if self.store is None:
+            raise InputError("mode='reader' needs a store to retrieve from: ChatFwPKM(store=store, mode='reader')")
+        users = [t for r, t in conv if r == "user"]
+        if not users:
+            raise InputError("mode='reader' needs a user message (the question)")
+        hits = rank_chunks(self.store.index, users[-1], check_k(k))
+        stats.sources = [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": h.score} for h in hits]
+        context = "\n\n".join(h.text for h in hits)
+        reader = lm.as_reader() if hasattr(lm, "as_reader") else lm
+        return reader, [(r, t) for r, t in conv if r == "system"] + [("user", reader_prompt(users[-1], context))]
 
     def _usage(self, stats: GenerationStats) -> UsageMetadata:
         return UsageMetadata(input_tokens=stats.input_tokens, output_tokens=stats.output_tokens,
@@ -372,6 +421,8 @@ class ChatFwPKM(BaseChatModel):
         stats = GenerationStats()
         text = "".join(self._stream_text(messages, stop, stats, **kwargs))
         meta = {"model_name": self.model_name, "finish_reason": stats.finish_reason}
+        if stats.sources:
+            meta["sources"] = stats.sources  # reader mode: the chunks the answer was read from
         message = AIMessage(content=text, usage_metadata=self._usage(stats), response_metadata=meta)
         return ChatResult(generations=[ChatGeneration(message=message, generation_info=dict(meta))])
 

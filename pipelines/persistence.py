@@ -34,28 +34,11 @@ FORMAT_NAME = "fwpkm-store"
 FORMAT_VERSION = 1
 POINTER = "CURRENT"
 
-_fingerprint_cache: dict = {}
-
-
 def model_fingerprint(model) -> str:
     """sha256 of the model's config (JSON) and every parameter and persistent buffer (names, shapes, bytes)."""
-    state = model.state_dict()
-    key = (id(model), tuple((n, t.data_ptr(), t._version) for n, t in state.items()))
-    if key in _fingerprint_cache:
-        return _fingerprint_cache[key]
-    h = hashlib.sha256()
-    cfg = model.config.to_dict()
-    for drop in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures"):
-        cfg.pop(drop, None)
-    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-    for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        if t.numel():
-            h.update(t.view(torch.uint8).numpy().tobytes())
-    _fingerprint_cache.clear()
-    _fingerprint_cache[key] = h.hexdigest()
-    return _fingerprint_cache[key]
+    from fwpkm_rag.fingerprint import weights_fingerprint
+
+    return weights_fingerprint(model, model.config.to_dict(), model.state_dict())
 
 
 def _sha256_file(path: str) -> str:

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 from fwpkm_rag.errors import InputError, InputTypeError, QueryTooLongError
+from fwpkm_rag.pipelines.ingest import memory_only_kwargs
 
 
 @dataclass
@@ -98,7 +99,8 @@ def read_question(index, query: str, view=None) -> QueryReads:
     view = index.view if view is None else view
     qc = query_cache(index.model, view)
     x = torch.tensor([ids], dtype=torch.long, device=index.device)
-    out = index.model(x, cache=qc, read_only=True, return_memory=True, logits_to_keep=1)
+    out = index.model(x, cache=qc, read_only=True, return_memory=True, logits_to_keep=1,
+                      **memory_only_kwargs(index.model))
     reads = []
     for slots, weights, _gate in out.memory_reads:
         T = slots.shape[1]

@@ -24,7 +24,7 @@ import hashlib
 import random
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from fwpkm_rag.errors import ConfigError, InputError
@@ -318,7 +318,9 @@ def chunk_text(text: str, size: int, tokenizer=None) -> list[Chunk]:
     say which chunk holds a needle) and can corrupt characters cut between two chunks. Here we encode once,
     cut the ids every ``size`` tokens, and map each cut to a character offset through the tokens' byte
     lengths (moving a cut that lands inside a UTF-8 character to the character's end), so the chunks
-    concatenate to exactly ``text`` and every chunk is ``size`` tokens except possibly the last.
+    concatenate to exactly ``text``, their token spans tile ``[0, len(ids))``, and every chunk is ``size``
+    tokens except the last (shorter) and one that took a cut character whole (up to 3 more tokens: a chunk
+    left empty by that is dropped and its tokens go to the chunk before it).
     """
     if not isinstance(text, str):
         raise InputError(f"chunk_text() takes str, got {type(text).__name__}")
@@ -346,6 +348,8 @@ def chunk_text(text: str, size: int, tokenizer=None) -> list[Chunk]:
         s, e = char_cuts[i], char_cuts[i + 1]
         if e > s:
             chunks.append(Chunk(text[s:e], s, e, cuts_tok[i], cuts_tok[i + 1]))
+        else:  # all its bytes lie in a character the previous chunk took whole: so do its tokens
+            chunks[-1] = replace(chunks[-1], token_end=cuts_tok[i + 1])
     return chunks
 
 

@@ -37,6 +37,12 @@ class TrainConfig:
     threads: int = 1
     resume: bool = True
     recall_init: bool = True
+    backbone: Optional[str] = None  # train FwPKM attached to this frozen backbone ("smollm2"; docs/backbone.md)
+    backbone_layers: Optional[tuple] = None  # its FwPKM layers (default: attach.default_layers)
+    # the backbone's attention window while training (default: the memory's chunk size). Spec §9: a model that
+    # attends over the whole episode learns to ignore its memory; a short window makes far facts reachable only
+    # through it. Saved with the FwPKM weights (the window the model was trained for).
+    backbone_window: Optional[int] = None
 
 
 def _dist():
@@ -66,6 +72,35 @@ def build_model(preset: str, recall_init: bool = True, seed: int = 0):
     if recall_init:
         recall_ready_init(model, layer=model.config.fwpkm_layers[0], seed=seed)
     return model
+
+
+def build_attached(name: str, layers=None, seed: int = 0):
+    """A frozen backbone with FwPKM attached (only the FwPKM weights train): "smollm2", or
+    "tiny-random-llama" (a 2-layer random Llama with the project tokenizer: the CPU smoke test's stand-in)."""
+    from fwpkm_rag.memory.config import FwPKMConfig
+    from fwpkm_rag.modeling.attach import attach_fwpkm
+    from fwpkm_rag.modeling.attached import AttachedFwPKMModel
+
+    torch.manual_seed(seed)
+    if name == "tiny-random-llama":
+        from fwpkm_rag.backbone import tiny_random_llama
+
+        backbone, tok = tiny_random_llama(seed)
+        attach_fwpkm(backbone, layers if layers else [1],
+                     FwPKMConfig(n_subkeys=32, k_dim=32, v_dim=32, topk=4, chunk_size=64, q_conv=4))
+        return AttachedFwPKMModel(backbone, tok, name=name)
+    return AttachedFwPKMModel.from_backbone(name, layers=list(layers) if layers else None)
+
+
+def _resume_attached(name: str, ckpt: str, seed: int = 0):
+    from fwpkm_rag.modeling.attached import AttachedFwPKMModel
+
+    if name == "tiny-random-llama":
+        from fwpkm_rag.backbone import tiny_random_llama
+
+        backbone, tok = tiny_random_llama(seed)
+        return AttachedFwPKMModel.load(ckpt, backbone=backbone, tokenizer=tok)
+    return AttachedFwPKMModel.load(ckpt)
 
 
 def weighted_lm_loss(model, ids: torch.Tensor, weights: torch.Tensor, return_memory: bool = False):
@@ -155,13 +190,17 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.resume and os.path.exists(os.path.join(ckpt, "trainer_state.json")):
         from fwpkm_rag.modeling.model import FwPKMForCausalLM
 
-        model = FwPKMForCausalLM.from_pretrained(ckpt)
+        model = _resume_attached(cfg.backbone, ckpt, cfg.seed) if cfg.backbone else FwPKMForCausalLM.from_pretrained(ckpt)
         trainer_state = json.load(open(os.path.join(ckpt, "trainer_state.json")))
         step = trainer_state["step"]
         if os.path.exists(log_path):
             history = [json.loads(line) for line in open(log_path)]
+    elif cfg.backbone:
+        model = build_attached(cfg.backbone, cfg.backbone_layers, cfg.seed)
     else:
         model = build_model(cfg.preset, cfg.recall_init, cfg.seed)
+    if cfg.backbone:
+        model.window = model.config.window = cfg.backbone_window or model.config.fwpkm_config.chunk_size
     model.to(device).train()
     opt = _optimizer(model, cfg)
     if step and os.path.exists(os.path.join(ckpt, "optimizer.safetensors")):

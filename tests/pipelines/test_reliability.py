@@ -17,7 +17,8 @@ import torch
 from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage
 
-from fwpkm_rag.errors import DuplicateIdError, FwPKMError, InputError, InputTypeError, QueryTooLongError
+from fwpkm_rag.errors import (ConfigError, DocumentTooLargeError, DuplicateIdError, FwPKMError, InputError,
+                              InputTypeError, QueryTooLongError)
 from fwpkm_rag.memory import FwPKMConfig
 from fwpkm_rag.pipelines import ChatFwPKM, FwPKMStore
 from rag_helpers import rag_model
@@ -224,6 +225,105 @@ def test_cli_rejects_bad_files_and_accepts_odd_ones(small_model, tmp_path):
     loaded = FwPKMStore.load(tmp_path / "store", model=small_model)  # the rejected file changed nothing
     assert sorted(d.id for d in loaded.get_by_ids([str(tmp_path / n) for n in ("empty.txt", "nul.txt", "latin1.txt")])) == \
         sorted([str(tmp_path / "empty.txt"), str(tmp_path / "nul.txt")])
+
+
+# ---- huge documents: a limit by default, opt-in streaming -----------------------------------------------------
+def test_a_document_over_max_document_chars_is_refused_before_tokenizing(small_model, monkeypatch):
+    import fwpkm_rag.pipelines.ingest as ingest
+
+    encoded = []
+    real = ingest.encode_document
+    monkeypatch.setattr(ingest, "encode_document", lambda tok, text, *a: encoded.append(len(text)) or real(tok, text, *a))
+    default = FwPKMStore(model=small_model)
+    assert default.index.max_document_chars == ingest.DEFAULT_MAX_DOCUMENT_CHARS == 10_000_000
+    before = fingerprint(default)
+    huge = "a" * (ingest.DEFAULT_MAX_DOCUMENT_CHARS + 1)  # ~10 MB: refused by its length, never tokenized
+    with pytest.raises(DocumentTooLargeError, match=r"document #1 has 10,000,001 characters, over the limit of "
+                                                    r"10,000,000 \(max_document_chars\).*max_document_chars=None"):
+        default.add_texts(["fine", huge], ids=["ok", "huge"])
+    assert encoded == [4] and default.get_by_ids(["ok", "huge"]) == []
+    assert_same(before, fingerprint(default))
+    del huge
+
+    store = FwPKMStore(model=small_model, chunk_tokens=16, max_document_chars=300)
+    store.add_texts([prose(20, 1)], ids=["small"])
+    before, encoded[:] = fingerprint(store), []
+    long_text = prose(200, 2) + " The secret number for ID-77 is 4501."
+    for call in (lambda: store.add_texts(["x", long_text], ids=["x", "long"]),
+                 lambda: store.add_documents([Document(page_content=long_text, id="long")]),
+                 lambda: store.add_texts([long_text[:100]], max_document_chars=50)):  # a stricter call
+        with pytest.raises(DocumentTooLargeError, match="max_document_chars"):
+            call()
+        assert_same(before, fingerprint(store))
+    assert len(long_text) not in encoded
+    # explicit opt-in, per call or per store: stored exactly, retrievable, and rebuild keeps it
+    store.add_texts([long_text], ids=["long"], max_document_chars=None)
+    assert store.get_by_ids(["long"])[0].page_content == long_text
+    store.rebuild()
+    assert store.get_by_ids(["long"])[0].page_content == long_text
+    assert store.similarity_search("The secret number for ID-77 is", k=1)[0].id == "long"
+    for bad in (0, -1, True, 2.5, "100"):
+        with pytest.raises(ConfigError, match="max_document_chars"):
+            FwPKMStore(model=small_model, max_document_chars=bad)
+        with pytest.raises(ConfigError, match="max_document_chars"):
+            store.add_texts(["x"], max_document_chars=bad)
+
+
+def test_huge_document_files_are_refused_before_reading(small_model, tmp_path):
+    store = FwPKMStore(model=small_model, max_document_chars=100)
+    big = tmp_path / "big.txt"
+    big.write_text("word " * 100)  # 500 bytes > 4 x 100: refused from its size alone
+    wide = tmp_path / "wide.txt"
+    wide.write_text("東" * 120)  # 360 bytes, but 120 characters > 100: refused once decoded
+    before = fingerprint(store)
+    with pytest.raises(DocumentTooLargeError, match=r"big.txt is 500 bytes, so at least 125 characters, over the limit of 100"):
+        store.add_files([big])
+    with pytest.raises(DocumentTooLargeError, match=r"document #0 has 120 characters"):
+        store.add_files([wide])
+    assert_same(before, fingerprint(store))
+    assert store.add_files([big, wide], max_document_chars=None) == [str(big), str(wide)]
+    assert store.get_by_ids([str(wide)])[0].page_content == "東" * 120
+
+
+def test_cli_ingest_refuses_a_huge_file_unless_told(small_model, tmp_path, capsys):
+    from fwpkm_rag.cli import main
+
+    model_dir = tmp_path / "model"
+    small_model.save_pretrained(model_dir)
+    (tmp_path / "big.txt").write_text(prose(400, 3))
+    args = ["ingest", str(tmp_path / "big.txt"), "--store", str(tmp_path / "store"), "--model", str(model_dir),
+            "--threads", "1"]
+    assert main(args + ["--max-document-chars", "1000"]) == 1  # an error message, not an exception
+    err = capsys.readouterr().err
+    assert "fwpkm-rag: error: document #0 has" in err and "max_document_chars" in err
+    assert not (tmp_path / "store" / "CURRENT").exists()  # nothing was saved
+    assert main(args + ["--max-document-chars", "-5"]) == 1 and "must be >= 0" in capsys.readouterr().err
+    assert main(args + ["--max-document-chars", "0"]) == 0
+    loaded = FwPKMStore.load(tmp_path / "store", model=small_model)
+    assert loaded.get_by_ids([str(tmp_path / "big.txt")])[0].page_content == prose(400, 3)
+    torch.set_num_threads(1)
+
+
+def test_a_long_document_streams_in_segments_and_pieces(small_model, monkeypatch):
+    """Tokenized in many segments and fed to the model in many pieces: same contents, tokens and retrieval as
+    the document's plain path (one segment)."""
+    import fwpkm_rag.pipelines.ingest as ingest
+
+    names = {3: "amber", 10: "cobalt", 17: "saffron", 24: "umber", 31: "viridian", 38: "magenta"}
+    text = "\n".join(prose(30, i) + (f" Vault {names[i]} opens with code {1000 + i}." if i in names else "")
+                     for i in range(40))
+    plain = FwPKMStore(model=small_model, chunk_tokens=48, chunk_overlap=16, piece_tokens=4096)
+    plain.add_texts([text], ids=["doc"])
+    monkeypatch.setattr(ingest, "SEGMENT_CHARS", 300)
+    seg = FwPKMStore(model=small_model, chunk_tokens=48, chunk_overlap=16, piece_tokens=100)
+    seg.add_texts([text], ids=["doc"])
+    assert seg.get_by_ids(["doc"])[0].page_content == text
+    n_seg = len(ingest.encode_document(seg.index.tok, text))
+    assert seg.index.tokens_ingested == n_seg + 2 and n_seg - len(seg.index.tok.encode(text)) in range(-5, 6)
+    for name in names.values():
+        for store in (plain, seg):
+            top = store.similarity_search(f"Vault {name} opens with code", k=5)
+            assert any(f"Vault {name} opens with code" in d.page_content for d in top), (name, top)
 
 
 # ---- property test of the store API against a dict model ------------------------------------------------------

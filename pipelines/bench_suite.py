@@ -293,7 +293,7 @@ def run_answers(sset: SystemSet, model, cfg: dict, chunk_size: int, budget: int,
         start = time.perf_counter()
         item = make_item(L, d, nd, split="bench", seed=_seed(L, d, nd, 0) + 17, chunk_size=chunk_size)
         ch = chunk_item(item)
-        built = sset.build(ch.chunks, only=READER_SYSTEMS) if reader is not None else {}
+        built = sset.build(ch.chunks, only=tuple(READER_SYSTEMS) + tuple(sset.extra)) if reader is not None else {}
         rows += answer_item(item, ch, built, model, tok, reader, budget=budget, chunk_size=chunk_size)
         close_all(built)
         log(f"answers {n}/{len(grid)}: {L} tokens, depth {d}, {nd} distractors, {time.perf_counter() - start:.1f} s")

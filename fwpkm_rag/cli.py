@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scaling", action="store_true", help="retrieval: add 1M-token haystacks to the needle sweep")
     bench.add_argument("--parts", nargs="+", default=None, choices=["needles", "answers", "capacity", "paraphrase", "cost"],
                        help="retrieval: run only these parts")
-    bench.add_argument("--systems", nargs="+", default=None, help="retrieval: systems to compare (default all installed)")
+    bench.add_argument("--systems", nargs="+", default=None, help="retrieval: systems to compare (default all installed): fwpkm, bm25, minilm-faiss-flat, minilm-faiss-hnsw, minilm-inmemory, minilm-chroma, and fwpkm-smollm2 (FwPKM on the frozen SmolLM2 backbone, docs/backbone.md; not in the default set)")
     bench.add_argument("--no-reader", action="store_true", help="answers: skip the SmolLM2 reader")
     bench.set_defaults(run=_bench)
     tr = sub.add_parser("train", help="train a model through its memory updates (resumable; CPU, CUDA or torchrun)")

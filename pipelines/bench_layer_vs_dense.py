@@ -12,10 +12,6 @@ attention take minutes, so the CPU run measures 4K (1K with --quick) and says so
 """
 from __future__ import annotations
 
-import statistics
-import time
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,23 +38,11 @@ class DenseBlock(nn.Module):
         return h + self.mlp(self.norm2(h))
 
 
-def _median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def layer_vs_dense(d_model: int, cfg: FwPKMConfig, lengths: tuple, device: torch.device, *, repeats: int = 3,
                    dtype: torch.dtype = torch.float32) -> list[dict]:
     """Tokens/s of the FwPKM sub-block and of a dense block, inference and fwd+bwd, at each length."""
+    from fwpkm_rag.pipelines.bench_ops import _measure  # (bench_ops imports this module: import on use)
+
     torch.manual_seed(0)
     fwpkm = FwPKM(d_model, cfg).to(device=device, dtype=dtype)
     dense = DenseBlock(d_model).to(device=device, dtype=dtype)
@@ -82,10 +66,10 @@ def layer_vs_dense(d_model: int, cfg: FwPKMConfig, lengths: tuple, device: torch
             dense(hg).float().sum().backward()
 
         for mode, (f_fn, d_fn) in (("inference", (fwpkm_inf, dense_inf)), ("fwd+bwd", (fwpkm_fb, dense_fb))):
-            t_f = _median_time(f_fn, repeats, device)
-            t_d = _median_time(d_fn, repeats, device)
+            # interleaved medians, as for the ops: a load change on a shared machine hits both sides alike
+            (t_f, peak_f), (t_d, peak_d) = _measure([f_fn, d_fn], repeats, device)
             rows.append(dict(tokens=T, mode=mode, fwpkm_tokens_per_s=T / t_f, dense_tokens_per_s=T / t_d,
-                             fwpkm_over_dense=t_d / t_f))
+                             fwpkm_over_dense=t_d / t_f, fwpkm_peak_bytes=peak_f, dense_peak_bytes=peak_d))
             print(f"layer vs dense  T={T:>6}  {mode:9s}  fwpkm {T / t_f:>10,.0f} tok/s  dense {T / t_d:>10,.0f} "
                   f"tok/s  ratio {t_d / t_f:.2f}x", flush=True)
     return rows

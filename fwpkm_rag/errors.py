@@ -46,3 +46,20 @@ class QueryTooLongError(InputError):
 class DocumentTooLargeError(InputError):
     """A document has more characters than the store's `max_document_chars` limit (opt in to huge documents by
     raising the limit or passing `max_document_chars=None`)."""
+
+
+def check_int(name: str, value, low: int | None = None, *, error: type = None, optional: bool = False):
+    """`value` as an int (bools refused) that is >= `low`; raises `error` (default ConfigError) naming `name`.
+
+    `optional=True` lets None through (returned as is). The one place for the "an int >= N, got ..." rule.
+    """
+    import numbers
+
+    error = ConfigError if error is None else error
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        none = "None or " if optional else ""
+        raise error(f"{name} must be {none}an int{bound}, got {value!r}")
+    return int(value)

@@ -134,8 +134,12 @@ def test_save_load_round_trips_only_the_fwpkm_weights(tok, tmp_path):
     fresh = tiny_llama(len(tok))  # the same backbone weights (same seed), no FwPKM yet
     loaded = AttachedFwPKMModel.load(tmp_path / "fw", backbone=fresh, tokenizer=tok)
     assert loaded.window == 16 and loaded.config.fwpkm_layers == [2]
+    for a, b in zip(fwpkm_blocks(model), loaded.fwpkm_modules):  # the saved state comes back bit for bit
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     with torch.no_grad():
-        assert torch.equal(loaded(ids).logits, ref)
+        # another model instance: same weights, but CPU kernels may sum in another order (issue 13), so the
+        # logits agree to float32 rounding, not bitwise
+        torch.testing.assert_close(loaded(ids).logits, ref, rtol=1e-5, atol=1e-5)
     other = tiny_llama(len(tok), seed=1)
     with pytest.raises(ModelMismatchError, match="another backbone"):
         load_fwpkm(other, tmp_path / "fw")

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
-from fwpkm_rag.errors import ConfigError, InputError
+from fwpkm_rag.errors import ConfigError, InputError, check_int
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -465,7 +465,7 @@ def iter_paragraphs(
         yield from doc.paragraphs
 
 
-def _tokenizer(tokenizer):
+def tokenizer_or_default(tokenizer):
     if tokenizer is not None:
         return tokenizer
     from fwpkm_rag import get_tokenizer
@@ -490,10 +490,9 @@ def iter_haystack(
     (use :func:`haystack` for an exact guarantee). When the split runs out of text, it starts over with the
     next seed's order (``allow_repeat``, with a warning) or raises ConfigError.
     """
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
-        raise ConfigError(f"n_tokens must be a positive int, got {n_tokens!r}")
+    check_int("n_tokens", n_tokens, 1)
     _check_split(split)
-    tok = _tokenizer(tokenizer)
+    tok = tokenizer_or_default(tokenizer)
     total = 0
     rnd = 0
     while total < n_tokens:
@@ -534,9 +533,8 @@ def haystack(
     Paragraphs from :func:`iter_haystack` joined by blank lines; more paragraphs are added in the rare case
     where joining merged tokens and the total fell short.
     """
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
-        raise ConfigError(f"n_tokens must be a positive int, got {n_tokens!r}")
-    tok = _tokenizer(tokenizer)
+    check_int("n_tokens", n_tokens, 1)
+    tok = tokenizer_or_default(tokenizer)
     pars: list[str] = []
     it = iter_haystack(n_tokens + 16, seed, split, sources, files, tok, allow_repeat, bench_fraction)
     pars.extend(it)

@@ -27,7 +27,8 @@ import string
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from fwpkm_rag.errors import ConfigError, InputError
+from fwpkm_rag.data.corpora import tokenizer_or_default
+from fwpkm_rag.errors import ConfigError, InputError, check_int
 
 __all__ = [
     "BENCH_TEMPLATES",
@@ -225,8 +226,7 @@ class Fact:
 def _rng(split: str, seed: int, purpose: str) -> random.Random:
     if split not in ("train", "bench"):
         raise ConfigError(f"split must be 'train' or 'bench', got {split!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an int, got {seed!r}")
+    check_int("seed", seed)
     # string seeds are hashed with SHA-512 by random.Random: deterministic, and train/bench streams never meet
     return random.Random(f"fwpkm-needles:{split}:{purpose}:{seed}")
 
@@ -270,8 +270,7 @@ def make_facts(
     ``same_template=True`` gives the multi-key setting (all facts in one template, differing in key and
     value); False draws a template per fact. Pass ``rng`` to continue an existing stream (training loops).
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ConfigError(f"n must be a non-negative int, got {n!r}")
+    check_int("n", n, 0)
     rng = rng or _rng(split, seed, "facts")
     first = _template(split, template, rng)
     keys: set[str] = set()
@@ -302,14 +301,6 @@ class Chunk:
     token_end: int
 
 
-def _tok(tokenizer):
-    if tokenizer is not None:
-        return tokenizer
-    from fwpkm_rag import get_tokenizer
-
-    return get_tokenizer()
-
-
 def chunk_text(text: str, size: int, tokenizer=None) -> list[Chunk]:
     """Split ``text`` into consecutive chunks of ``size`` tokens of the project tokenizer.
 
@@ -324,9 +315,8 @@ def chunk_text(text: str, size: int, tokenizer=None) -> list[Chunk]:
     """
     if not isinstance(text, str):
         raise InputError(f"chunk_text() takes str, got {type(text).__name__}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigError(f"chunk size must be a positive int, got {size!r}")
-    tok = _tok(tokenizer)
+    check_int("chunk size", size, 1)
+    tok = tokenizer_or_default(tokenizer)
     ids = tok.encode(text)
     if not ids:
         return []
@@ -417,7 +407,7 @@ def sentence_boundaries(text: str) -> list[int]:
     return sorted(pts)
 
 
-def _cut_haystack(text: str, n_tokens: int, tok) -> str:
+def cut_haystack(text: str, n_tokens: int, tok) -> str:
     """The first ``n_tokens`` tokens of ``text``, cut back to the last sentence end (when there is one)."""
     ids = tok.encode(text)
     if len(ids) <= n_tokens:
@@ -430,7 +420,7 @@ def _cut_haystack(text: str, n_tokens: int, tok) -> str:
     return head
 
 
-def _insert(base: str, inserts: list[tuple[int, int, str]]) -> tuple[str, dict[int, tuple[int, int]]]:
+def insert_sentences(base: str, inserts: list[tuple[int, int, str]]) -> tuple[str, dict[int, tuple[int, int]]]:
     """Insert needles at boundary offsets of ``base``; returns the text and each needle's span by id.
 
     ``inserts`` is (offset, needle_id, needle). Each needle becomes its own sentence: at offset 0 it is
@@ -482,21 +472,18 @@ def make_item(
     key. With ``chunk_size`` the gold needle is placed (at the nearest suitable boundary) so that it lies
     inside one chunk of :func:`chunk_text`.
     """
-    if isinstance(length, bool) or not isinstance(length, int) or length < 8:
-        raise ConfigError(f"length must be an int >= 8 tokens, got {length!r}")
+    check_int("length (tokens)", length, 8)
     try:
         depth = float(depth)
     except (TypeError, ValueError):
         raise ConfigError(f"depth must be a number in [0, 1], got {depth!r}") from None
     if not 0.0 <= depth <= 1.0:
         raise ConfigError(f"depth must be in [0, 1], got {depth}")
-    if isinstance(n_distractors, bool) or not isinstance(n_distractors, int) or n_distractors < 0:
-        raise ConfigError(f"n_distractors must be a non-negative int, got {n_distractors!r}")
+    check_int("n_distractors", n_distractors, 0)
     if distractor_values not in ("random", "same"):
         raise ConfigError(f"distractor_values must be 'random' or 'same', got {distractor_values!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ConfigError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    tok = _tok(tokenizer)
+    check_int("chunk_size", chunk_size, 1, optional=True)
+    tok = tokenizer_or_default(tokenizer)
     rng = _rng(split, seed, "item")
     t = _template(split, template, rng)
     facts = make_facts(1 + n_distractors, split, rng=rng, template=t)
@@ -515,7 +502,7 @@ def make_item(
         haystack = _haystack(budget, seed=seed, split=split, sources=sources, tokenizer=tok)
     elif not isinstance(haystack, str):
         raise InputError(f"haystack must be str, got {type(haystack).__name__}")
-    base = _cut_haystack(haystack, budget, tok)
+    base = cut_haystack(haystack, budget, tok)
     bounds = sentence_boundaries(base)
 
     # distractors: seeded random boundaries (distinct when there are enough)
@@ -532,7 +519,7 @@ def make_item(
     spans: dict[int, tuple[int, int]] = {}
     for tries, g_off in enumerate(cands):
         inserts = [(g_off, 0, gold.text)] + [(o, i + 1, n) for i, (o, n) in enumerate(zip(d_offsets, needles[1:]))]
-        item_text, spans = _insert(base, inserts)
+        item_text, spans = insert_sentences(base, inserts)
         if chunk_size is None:
             break
         chunks = chunk_text(item_text, chunk_size, tok)

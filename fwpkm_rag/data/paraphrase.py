@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from fwpkm_rag.errors import ConfigError
+from fwpkm_rag.errors import ConfigError, check_int
 
 __all__ = [
     "CONCEPTS",
@@ -373,8 +373,7 @@ class ChunkedParaphraseItem:
 
 
 def _check(n, name, lo=0):
-    if isinstance(n, bool) or not isinstance(n, int) or n < lo:
-        raise ConfigError(f"{name} must be an int >= {lo}, got {n!r}")
+    check_int(name, n, lo)
 
 
 def make_item(length: int, seed: int = 0, n_facts: int = 6, near: int = 1, traps: int = 2, chunk_size: int = 128,
@@ -386,8 +385,8 @@ def make_item(length: int, seed: int = 0, n_facts: int = 6, near: int = 1, traps
     other asked fact (when there are enough chunks), no sentence of its own concept and no inserted sentence
     sharing a content word with its question.
     """
-    from fwpkm_rag.data.corpora import haystack as _haystack
-    from fwpkm_rag.data.needles import _cut_haystack, _insert, _tok, chunk_text, chunks_touching, sentence_boundaries
+    from fwpkm_rag.data.corpora import haystack as _haystack, tokenizer_or_default
+    from fwpkm_rag.data.needles import chunk_text, cut_haystack, insert_sentences, chunks_touching, sentence_boundaries
 
     _check(length, "length", 64)
     _check(seed, "seed")
@@ -400,7 +399,7 @@ def make_item(length: int, seed: int = 0, n_facts: int = 6, near: int = 1, traps
     if near > min(len(c.near) for c in CONCEPTS) or traps > min(len(c.trap) for c in CONCEPTS):
         raise ConfigError(f"near <= {min(len(c.near) for c in CONCEPTS)} and traps <= "
                           f"{min(len(c.trap) for c in CONCEPTS)} (the bank's sizes)")
-    tok = _tok(tokenizer)
+    tok = tokenizer_or_default(tokenizer)
     rng = random.Random(f"fwpkm-paraphrase:{split}:{seed}")
     concepts = rng.sample(CONCEPTS, n_facts)
     used_values: set[str] = set()
@@ -438,13 +437,13 @@ def make_item(length: int, seed: int = 0, n_facts: int = 6, near: int = 1, traps
         sentences += [(i, "trap", j, s) for j, s in enumerate(f.traps)]
     sent_tokens = sum(len(tok.encode(" " + s[3])) for s in sentences)
     budget = max(length - sent_tokens, 32)
-    base = _cut_haystack(_haystack(budget, seed=seed, split=split, sources=sources, tokenizer=tok), budget, tok)
+    base = cut_haystack(_haystack(budget, seed=seed, split=split, sources=sources, tokenizer=tok), budget, tok)
     bounds = sentence_boundaries(base)
 
     text, spans = "", {}
     for attempt in range(200):
         offsets = [rng.choice(bounds) for _ in sentences]
-        text, spans = _insert(base, [(o, n, s[3]) for n, (o, s) in enumerate(zip(offsets, sentences))])
+        text, spans = insert_sentences(base, [(o, n, s[3]) for n, (o, s) in enumerate(zip(offsets, sentences))])
         chunks = chunk_text(text, chunk_size, tok)
         where = [chunks_touching(chunks, *spans[n]) for n in range(len(sentences))]
         if _placement_ok(facts, sentences, where, len(chunks)):

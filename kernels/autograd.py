@@ -1,8 +1,7 @@
 """Differentiable FwPKM gather / scatter ops built from a backend's raw primitives.
 
 Three autograd Functions, each of whose backward is made of the other two (so every backward is itself
-differentiable, to any order — the through-update training's autograd oracle takes a gradient through the
-gradient of the read):
+differentiable, to any order — `inner_grad="autograd"` takes a gradient through the gradient of the read):
 
   Gather      out[m]    = sum_j w[m,j] T[i[m,j]]      backward: dw = GatherDot(g),  dT = ScatterRows(w, g)
   GatherDot   out[m,j]  = <x[m], T[i[m,j]]>           backward: dx = Gather(gg),    dT = ScatterRows(gg, x)
@@ -10,7 +9,8 @@ gradient of the read):
 
 ScatterRows (the row scatter-add of the gather's gradient to the table) sorts the entries by row once and
 runs SegmentSum over the segments: deterministic, no float atomics. T is the virtual table [base; pool]
-(see torch_ops). `be` is the backend module (torch_ops or triton_ops) whose primitives do the work.
+(see gather/torch_impl.py). `be` is the backend module (torch_ops or triton_ops) whose primitives do the work.
+These Functions live outside the per-op folders because each one's backward is made of the other ops.
 """
 from __future__ import annotations
 
@@ -19,29 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-
-class Segments:
-    """Entries (M, J) grouped by a key: keys (U,) sorted distinct keys, inverse (M, J) segment of each entry,
-    counts (U,) entries per segment, offsets (U+1,) segment starts in sorted order, and `order` (E,) the
-    stable sort permutation (computed on first use: the torch CPU path sums in entry order and never needs
-    it; the triton kernels walk each segment through it)."""
-
-    def __init__(self, keys: Tensor, inverse: Tensor, counts: Tensor):
-        self.keys, self.inverse, self.counts = keys, inverse, counts
-        self.offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        self._order: Optional[Tensor] = None
-
-    @property
-    def order(self) -> Tensor:
-        if self._order is None:
-            self._order = torch.sort(self.inverse.reshape(-1), stable=True)[1]
-        return self._order
-
-
-def segments(keys: Tensor) -> Segments:
-    """Group the entries (M, J) by key (one sort; host sync: U is data-dependent)."""
-    uniq, inverse, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
-    return Segments(uniq, inverse.view(keys.shape), counts)
+from fwpkm_rag.kernels.segments import segments
 
 
 def _empty_pool(like: Tensor) -> Tensor:

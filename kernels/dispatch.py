@@ -89,7 +89,8 @@ def resolve(device: torch.device, name: Optional[str] = None) -> str:
 
 
 def backend_module(name: str) -> ModuleType:
-    """The module implementing a concrete backend's primitives (imports triton only for "triton")."""
+    """The namespace of a concrete backend's primitives, `torch_ops` or `triton_ops` (the latter imports triton),
+    each gathering the ops' `<backend>_impl.py` under the same names."""
     mod = importlib.import_module(f"fwpkm_rag.kernels.{name}_ops")
     if name not in _logged:
         _logged.add(name)

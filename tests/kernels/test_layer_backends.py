@@ -11,7 +11,7 @@ import torch
 _old = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates the kernels (see test_ops.py)
 pytest.importorskip("triton")
-from fwpkm_rag.kernels import triton_ops  # noqa: E402
+from fwpkm_rag.kernels import triton_ops, triton_utils  # noqa: E402, F401  (decorates every op's kernels now)
 
 if _old is None:
     os.environ.pop("TRITON_INTERPRET")
@@ -25,7 +25,7 @@ from fwpkm_rag.memory import FwPKM, FwPKMConfig  # noqa: E402
 @pytest.fixture(autouse=True)
 def _interpret(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(triton_ops, "FILL_NAN", True)
+    monkeypatch.setattr(triton_utils, "FILL_NAN", True)
 
 
 def _layer():

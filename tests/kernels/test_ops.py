@@ -1,5 +1,6 @@
-"""Every hot op: triton kernels (under TRITON_INTERPRET=1, on CPU) == torch backend == naive loop reference,
-forward, gradients and (gather) double backward, fp64 / fp32 / bf16, small odd shapes."""
+"""Every hot op: triton kernels (under TRITON_INTERPRET=1, on CPU) == torch backend == the loop reference in the
+op's naive.py (kernels/<op>/naive.py): forward, gradients and (gather) double backward, fp64 / fp32 / bf16, small
+odd shapes."""
 import os
 
 import pytest
@@ -11,15 +12,17 @@ import torch
 _old = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
-from fwpkm_rag.kernels import triton_ops  # noqa: E402
+from fwpkm_rag.kernels import triton_ops, triton_utils  # noqa: E402, F401  (decorates every op's kernels now)
 
 if _old is None:
     os.environ.pop("TRITON_INTERPRET")
 else:
     os.environ["TRITON_INTERPRET"] = _old
 
-from fwpkm_rag.kernels import gather_dot, product_key_topk, row_update, weighted_gather  # noqa: E402
-from fwpkm_rag.kernels.naive import naive_product_key_topk, naive_row_update, naive_weighted_gather  # noqa: E402
+from fwpkm_rag.kernels import gather_dot, product_key_topk, read_weights, row_update, weighted_gather  # noqa: E402
+from fwpkm_rag.kernels.gather.naive import reference_gather_dot, reference_weighted_gather  # noqa: E402
+from fwpkm_rag.kernels.product_key.naive import reference_product_key_topk, reference_read_weights  # noqa: E402
+from fwpkm_rag.kernels.row_update.naive import reference_row_update  # noqa: E402
 from fwpkm_rag.memory import SparseValues  # noqa: E402
 
 BACKENDS = ["torch", "triton"]
@@ -30,7 +33,7 @@ TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-
 @pytest.fixture(autouse=True)
 def _interpret(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(triton_ops, "FILL_NAN", True)  # an element a kernel forgets to write becomes NaN
+    monkeypatch.setattr(triton_utils, "FILL_NAN", True)  # an element a kernel forgets to write becomes NaN
 
 
 def _close(got, ref, dtype, msg):
@@ -64,9 +67,9 @@ def test_weighted_gather_forward_gradients_and_double_backward(dtype):
     w = w.clone().requires_grad_()
     up = torch.randn(index.shape[0], base.shape[1], generator=gen).to(dtype).requires_grad_()
     results = {}
-    for name in ["naive", *BACKENDS]:
-        if name == "naive":
-            out = naive_weighted_gather(base, pool, index, w)
+    for name in ["reference", *BACKENDS]:
+        if name == "reference":
+            out = reference_weighted_gather(base, pool, index, w)
         else:
             out = weighted_gather(base, pool, index, w, backend=name)
         grads = torch.autograd.grad((out * up).sum(), (base, pool, w), create_graph=True)
@@ -77,7 +80,7 @@ def test_weighted_gather_forward_gradients_and_double_backward(dtype):
         results[name] = (out, *grads, *second)
     labels = ["out", "dbase", "dpool", "dw", "d2base", "d2pool", "d2w", "d2up"]
     for name in BACKENDS:
-        for label, got, ref in zip(labels, results[name], results["naive"]):
+        for label, got, ref in zip(labels, results[name], results["reference"]):
             _close(got, ref, dtype, f"{name} {label}")
 
 
@@ -85,8 +88,7 @@ def test_weighted_gather_forward_gradients_and_double_backward(dtype):
 def test_gather_dot_matches_loop(dtype):
     values, _, index, _, gen = _inputs(dtype)
     x = torch.randn(index.shape[0], values.base.shape[1], generator=gen).to(dtype)
-    rows = [[values.base[i] if i < values.n_slots else values.rows[i - values.n_slots] for i in r.tolist()] for r in index]
-    ref = torch.stack([torch.stack([(x[m].double() * row.double()).sum() for row in rr]) for m, rr in enumerate(rows)])
+    ref = reference_gather_dot(x.double(), values.base.double(), values.rows.double(), index)
     for name in BACKENDS:
         _close(gather_dot(x, values.base, values.rows, index, backend=name), ref, dtype, name)
 
@@ -96,7 +98,7 @@ def test_row_update_forward_and_gradients(dtype):
     values, flat, index, w, gen = _inputs(dtype)
     err = torch.randn(index.shape[0], values.base.shape[1], generator=gen).to(dtype)
     scale = 0.7 * 3
-    ref_keys, ref_rows, ref_counts = naive_row_update(values.base, values.rows, index, flat, w, err, scale=scale)
+    ref_keys, ref_rows, ref_counts = reference_row_update(values.base, values.rows, index, flat, w, err, scale=scale)
     assert ref_counts.max() > 1  # some rows are read by several entries: the normalisation is exercised
     for name in BACKENDS:
         with torch.no_grad():  # the fused one-pass kernel
@@ -106,7 +108,7 @@ def test_row_update_forward_and_gradients(dtype):
     # with autograd recording: the composed path, its value and its gradients
     leaves = [t.clone().requires_grad_() for t in (values.base, values.rows, w, err)]
     up = torch.randn(ref_rows.shape, generator=gen).to(dtype)
-    ref = naive_row_update(leaves[0], leaves[1], index, flat, leaves[2], leaves[3], scale=scale)[1]
+    ref = reference_row_update(leaves[0], leaves[1], index, flat, leaves[2], leaves[3], scale=scale)[1]
     ref_grads = torch.autograd.grad((ref * up).sum(), leaves)
     for name in BACKENDS:
         got = row_update(leaves[0], leaves[1], index, flat, leaves[2], leaves[3], scale=scale, backend=name).rows
@@ -131,7 +133,7 @@ def test_product_key_topk_matches_loop(score):
     G, R, H, k_dim, n, k = 2, 3, 2, 6, 7, 3
     q = torch.randn(G, R, H, k_dim, generator=gen, dtype=torch.float64, requires_grad=True)
     keys = torch.randn(G, 2 * H * n, k_dim // 2, generator=gen, dtype=torch.float64, requires_grad=True)
-    ref = naive_product_key_topk(q, keys, topk=k, score=score)
+    ref = reference_product_key_topk(q, keys, topk=k, score=score)
     probes = [torch.randn(x.shape, generator=gen, dtype=torch.float64) for x in ref[1:]]
     ref_grads = torch.autograd.grad(sum((x * p).sum() for x, p in zip(ref[1:], probes)), (q, keys))
     for name in BACKENDS:
@@ -151,3 +153,15 @@ def test_empty_and_single_entry_edges():
         assert out.shape == (0, 3)
         one = weighted_gather(base, base[:0], torch.tensor([[2]]), torch.tensor([[1.0]]), backend=name)
         assert torch.equal(one[0], base[2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_read_weights_pool_heads_and_match_loop(dtype):
+    gen = torch.Generator().manual_seed(6)
+    scores = (torch.randn(2, 3, 2, 3, generator=gen) * 4).to(dtype).requires_grad_()  # (G, R, H, k)
+    got, ref = read_weights(scores), reference_read_weights(scores)
+    _close(got, ref, dtype, "read weights")
+    torch.testing.assert_close(got.sum((-1, -2)), torch.ones(2, 3, dtype=dtype))  # one softmax over H*k per token
+    probe = torch.randn(scores.shape, generator=gen).to(dtype)
+    (g_got,), (g_ref,) = (torch.autograd.grad((x * probe).sum(), scores) for x in (got, ref))
+    _close(g_got, g_ref, dtype, "read weights gradient")

@@ -9,17 +9,17 @@ G memory groups (1 when the batch shares one memory, B when each sequence has it
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from fwpkm_rag.errors import InputError
-from fwpkm_rag.kernels import group_entries, product_key_topk, read_weights, row_update, weighted_gather
+from fwpkm_rag.kernels import product_key_topk, read_weights, row_update, weighted_gather
 from fwpkm_rag.memory.addressing import addressing_key_grad, addressing_loss
 from fwpkm_rag.memory.config import FwPKMConfig
+from fwpkm_rag.memory.inner_autograd import autograd_step
 from fwpkm_rag.memory.values import SparseValues
 
 if TYPE_CHECKING:
@@ -59,6 +59,85 @@ def _to_groups(x: Tensor, shared: bool) -> Tensor:
     return x.reshape(1, -1, *x.shape[2:]) if shared else x
 
 
+class ChunkRead(NamedTuple):
+    """A chunk's reads of one memory snapshot, per memory group: G groups of R tokens (G*R = B*L)."""
+
+    queries: Tensor  # (G, R, H, k_dim)
+    slots: Tensor  # (G, R, H, k) slots read
+    sub: Tensor  # (G, R, H, 2, n) every sub-key score (the addressing loss needs them all)
+    weights: Tensor  # (G, R, H, k) read weights, one softmax over each token's H*k selections
+    row_keys: Tensor  # (G, R, H, k) flat group*N + slot: which group's copy of a row a write updates
+    index: Tensor  # (G, R, H, k) rows of the virtual table [base; pool] read
+    vhat: Tensor  # (G, R, v_dim) the reads
+
+
+class ChunkStep(NamedTuple):
+    """The memory after one inner SGD step, before the divergence guard."""
+
+    touched: Tensor  # (U,) flat keys of the value rows the write changes, sorted
+    rows: Tensor  # (U, v_dim) those rows after the step
+    keys: Tensor  # (G, 2Hn, k_dim/2) sub-keys after the step (the input object when addr_weight is 0)
+
+
+def read_chunk(q: Tensor, keys: Tensor, values: SparseValues, cfg: FwPKMConfig, shared: bool) -> ChunkRead:
+    """Score, select and read: q (B, L, H*k_dim) against keys (G, 2Hn, k_dim/2) and the value table."""
+    B, L, _ = q.shape
+    H, k = cfg.heads, cfg.topk
+    queries = _to_groups(q.reshape(B, L, H, cfg.k_dim), shared)  # (G, R, H, k_dim)
+    slots, scores, sub = product_key_topk(queries, keys, topk=k, score=cfg.score, eps=cfg.eps)
+    weights = read_weights(scores)  # (G, R, H, k)
+    row_keys, index = values.resolve(slots)  # (G, R, H, k) each
+    G, R = slots.shape[:2]
+    vhat = weighted_gather(values.base, values.rows, index.reshape(G * R, H * k), weights.reshape(G * R, H * k))
+    return ChunkRead(queries, slots, sub, weights, row_keys, index, vhat.reshape(G, R, cfg.v_dim))
+
+
+def analytic_step(read: ChunkRead, err: Tensor, usage_probs: tuple[Tensor, Tensor], keys: Tensor,
+                  values: SparseValues, cfg: FwPKMConfig) -> ChunkStep:
+    """One SGD step on the value loss and the addressing loss with both gradients written in closed form.
+
+    err (G, R, v_dim) is d(value loss)/d(v̂_t) = g_t * (v̂_t - target_t) per token (0 without a target);
+    usage_probs = (p (G,R,H,2,n), usage (G,2,n)) from `addressing_loss`. Only first-order ops, so an outer
+    loss back-propagates through the step with plain autograd.
+    """
+    G, R, H, k = read.slots.shape
+    M, J = G * R, H * k
+    # d(value loss)/d(row read by entry (t, h, j)) = w_thj * err_t: the row update sums it per touched row
+    # (sorted segments, deterministic) and divides by the row's read count, then steps by lr * k * H.
+    upd = row_update(values.base, values.rows, read.index.reshape(M, J), read.row_keys.reshape(M, J),
+                     read.weights.reshape(M, J), err.reshape(M, -1), scale=cfg.lr * k * H)
+    new_keys = keys
+    if cfg.addr_weight > 0:
+        p, usage = usage_probs
+        grad_keys = addressing_key_grad(read.queries, keys, read.sub, p, usage, score=cfg.score)  # (G, 2Hn, k_dim/2)
+        new_keys = keys - (cfg.lr * cfg.addr_weight) * grad_keys
+    return ChunkStep(upd.keys, upd.rows, new_keys)
+
+
+def divergence_guard(step: ChunkStep, keys: Tensor, values: SparseValues, cfg: FwPKMConfig) -> tuple[ChunkStep, Tensor]:
+    """Drop the step of every group whose new rows or keys are non-finite (or a row is past max_slot_norm).
+
+    Returns the step restricted to the accepted groups (refused groups keep `keys`) and ok (G,) bool.
+    isfinite of the row sum: NaN/Inf propagate through it, and it is one pass instead of isfinite's four
+    (measured 40x faster on CPU at 1000 x 128). A finite row whose sum overflows (entries near 1e36) is
+    refused too, which is the point of the guard.
+    """
+    row_ok = torch.isfinite(step.rows.detach().sum(-1))  # (U,)
+    if cfg.max_slot_norm is not None:
+        row_ok &= step.rows.detach().norm(dim=-1) <= cfg.max_slot_norm
+    group = torch.div(step.touched, values.n_slots, rounding_mode="floor")  # (U,) memory group of each row
+    ok = torch.ones(values.groups, dtype=torch.int32, device=keys.device)
+    ok = ok.scatter_reduce(0, group, row_ok.int(), reduce="amin")  # (G,) every row of the group is fine
+    if cfg.addr_weight > 0:
+        ok &= torch.isfinite(step.keys.detach().flatten(1).sum(1)).int()
+    ok = ok.bool()
+    if bool(ok.all()):
+        return step, ok
+    keep = ok[group]
+    new_keys = torch.where(ok[:, None, None], step.keys, keys) if cfg.addr_weight > 0 else step.keys
+    return ChunkStep(step.touched[keep], step.rows[keep], new_keys), ok
+
+
 def memory_chunk(
     q: Tensor,
     v: Tensor,
@@ -75,92 +154,31 @@ def memory_chunk(
     """Read one chunk from (keys, values) and, if `write`, apply the chunk's fast-weight update.
 
     q (B,L,H*k_dim), v (B,L,v_dim), g (B,L), mask (B,L) bool or None; keys (G,2Hn,k_dim/2).
-    Every token reads the memory as it was before the chunk; the update is one SGD step (spec §6).
+    Every token reads the memory as it was before the chunk; the update is one SGD step (spec §6) with the
+    inner gradients in closed form. `cfg.inner_grad == "autograd"` takes them with torch.autograd.grad
+    instead (memory/inner_autograd.py); memory/naive.py is the independent oracle tests hold this to.
     """
     B, L, _ = q.shape
     H, k = cfg.heads, cfg.topk
-    outer = torch.is_grad_enabled()  # is an outer loss being recorded through this update?
-    oracle = write and cfg.inner_grad == "autograd"
-    with torch.enable_grad() if oracle else nullcontext():
-        qg = _to_groups(q.reshape(B, L, H, cfg.k_dim), shared)
-        K = keys
-        if oracle and not (outer and keys.requires_grad):
-            K = keys.detach().requires_grad_()
-        slots, scores, sub = product_key_topk(qg, K, topk=k, score=cfg.score, eps=cfg.eps)
-        w = read_weights(scores)
-        G, R = slots.shape[:2]
-        M, J, d = G * R, H * k, cfg.v_dim
-        flat, index = values.resolve(slots)  # (G, R, H, k): row keys to update, rows of [base; pool] to read
-        if oracle:
-            # The oracle reads a small local table of the touched rows, so autograd.grad w.r.t. it is the
-            # per-row inner gradient G_u (summed over the row's reads by the gather's scatter backward).
-            seg = group_entries(flat.reshape(M, J))
-            rows = values.lookup(seg.keys)  # (U, d)
-            if not (outer and rows.requires_grad):
-                rows = rows.detach().requires_grad_()
-            vhat = weighted_gather(rows, rows[:0], seg.inverse, w.reshape(M, J))
-        else:
-            vhat = weighted_gather(values.base, values.rows, index.reshape(M, J), w.reshape(M, J))
-        vhat = vhat.reshape(G, R, d)
-        result = ChunkResult(vhat.reshape(B, L, -1), keys, values, slots.reshape(B, L, H, k), w.reshape(B, L, H, k))
-        if not write:
-            return result
-        target, pair_w = lookahead_pairs(v, g, mask, cfg.lookahead)
-        target, pair_w = _to_groups(target, shared), _to_groups(pair_w, shared)
-        err = vhat - target
-        value_loss = 0.5 * (pair_w * err.pow(2).sum(-1)).sum(-1)  # (G,)
-        use_keys = cfg.addr_weight > 0
-        addr, p, usage = addressing_loss(sub, k)
-        scale = cfg.lr * k * H
-        if oracle:
-            (grad_rows,) = torch.autograd.grad(value_loss.sum(), rows, create_graph=outer)
-            grad_keys = torch.autograd.grad(addr.sum(), K, create_graph=outer)[0] if use_keys else None
-            # V_u - lr * (k*H / n_u) * dL/dV_u, n_u = reads of u in the chunk (last and padded tokens included)
-            touched = seg.keys
-            new_rows = rows - (scale / seg.counts.to(grad_rows.dtype)).unsqueeze(-1) * grad_rows
-        else:
-            grad_keys = addressing_key_grad(qg, K, sub, p, usage, score=cfg.score) if use_keys else None
-    if not outer:
-        vhat = vhat.detach()
-        grad_keys = grad_keys.detach() if grad_keys is not None else None
-        result.vhat, result.weights = result.vhat.detach(), result.weights.detach()
-        w = w.detach()
-        if oracle:
-            new_rows = new_rows.detach()
-    if not oracle:
-        # d(value_loss)/d(row read by entry (t, h, j)) = w_thj * g_t * (vhat_t - target_t): the row update
-        # sums it per touched row (sorted segments, deterministic) and divides by the row's read count.
-        e = pair_w.unsqueeze(-1) * (vhat - target)
-        if not outer:
-            e = e.detach()
-        upd = row_update(values.base, values.rows, index.reshape(M, J), flat.reshape(M, J), w.reshape(M, J),
-                         e.reshape(M, d), scale=scale)
-        touched, new_rows = upd.keys, upd.rows
-    new_keys = K - (cfg.lr * cfg.addr_weight) * grad_keys if use_keys else keys
-
-    # Divergence guard: a group whose update is non-finite (or past max_slot_norm) keeps its memory.
-    # isfinite of the row sum: NaN/Inf propagate through it, and it is one pass instead of isfinite's four
-    # (measured 40x faster on CPU at 1000 x 128). A finite row whose sum overflows (entries near 1e36) is
-    # refused too, which is the point of the guard.
-    row_ok = torch.isfinite(new_rows.detach().sum(-1))
-    if cfg.max_slot_norm is not None:
-        row_ok &= new_rows.detach().norm(dim=-1) <= cfg.max_slot_norm
-    group = torch.div(touched, values.n_slots, rounding_mode="floor")
-    ok = torch.ones(values.groups, dtype=torch.int32, device=q.device)
-    ok = ok.scatter_reduce(0, group, row_ok.int(), reduce="amin")
-    if use_keys:
-        ok &= torch.isfinite(new_keys.detach().flatten(1).sum(1)).int()
-    ok = ok.bool()
-    if not bool(ok.all()):
-        keep = ok[group]
-        touched, new_rows = touched[keep], new_rows[keep]
-        if use_keys:
-            new_keys = torch.where(ok[:, None, None], new_keys, keys)
-    result.keys = new_keys
-    result.values = values.assign(touched, new_rows, inplace=inplace) if touched.numel() else values
+    read = read_chunk(q, keys, values, cfg, shared)
+    result = ChunkResult(read.vhat.reshape(B, L, -1), keys, values, read.slots.reshape(B, L, H, k),
+                         read.weights.reshape(B, L, H, k))
+    if not write:
+        return result
+    target, pair_w = lookahead_pairs(v, g, mask, cfg.lookahead)
+    target, pair_w = _to_groups(target, shared), _to_groups(pair_w, shared)  # (G, R, v_dim), (G, R)
+    value_loss = 0.5 * (pair_w * (read.vhat - target).pow(2).sum(-1)).sum(-1)  # (G,)
+    addr_loss, p, usage = addressing_loss(read.sub, k)  # (G,), (G, R, H, 2, n), (G, 2, n)
+    if cfg.inner_grad == "autograd":
+        step = ChunkStep(*autograd_step(read, target, pair_w, keys, values, cfg))
+    else:
+        err = pair_w.unsqueeze(-1) * (read.vhat - target)  # (G, R, v_dim)
+        step = analytic_step(read, err, (p, usage), keys, values, cfg)
+    step, ok = divergence_guard(step, keys, values, cfg)
+    result.keys = step.keys
+    result.values = values.assign(step.touched, step.rows, inplace=inplace) if step.touched.numel() else values
     result.write_gate = pair_w.reshape(B, L).detach()
-    result.value_loss = value_loss.detach()
-    result.addr_loss = addr.detach()
+    result.value_loss, result.addr_loss = value_loss.detach(), addr_loss.detach()
     result.pairs = (pair_w.detach() > 0).sum()
     result.refused = ~ok
     return result

@@ -56,6 +56,12 @@ def test_import_is_light():
     assert_import_light("fwpkm_rag", then="fwpkm_rag.FwPKMConfig()")
 
 
+def test_light_import_check_sees_what_first_use_loads():
+    # the check is not vacuous: the lazy model class brings transformers in, and the helper says so
+    with pytest.raises(AssertionError, match="pulled in transformers"):
+        assert_import_light("fwpkm_rag", then="fwpkm_rag.FwPKMForCausalLM")
+
+
 def test_public_names():
     import fwpkm_rag
     from fwpkm_rag.memory import FwPKM, MemoryState, fwpkm_forward

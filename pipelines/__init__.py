@@ -1,14 +1,28 @@
-"""Ingestion, provenance retrieval, LangChain integration and benchmarks.
+"""The RAG core: a store whose index is an FwPKM model's memory, and its LangChain adapters.
 
-The LangChain classes load on first use (`import fwpkm_rag` and `import fwpkm_rag.pipelines` stay light).
+The path of a document, one job per module:
+
+    settings.py     StoreSettings: the store's settings, defaults and rules, in one place
+    chunking.py     text checks, tokenizing, chunk spans, the token queue
+    docstore.py     documents and chunks in SQLite
+    index.py        MemoryIndex: memory + provenance + chunk counts, the add/delete/rebuild transaction, IndexView
+    provenance.py   ProvenanceTable: per memory slot, the chunks that wrote it most strongly
+    retrieval.py    question -> reads -> idf -> scores -> ranked Hits
+    generation.py   prompts, the one decode loop, answers from memory and reader mode
+    files.py        text files as documents
+    persistence.py  atomic snapshots (save / load)
+    langchain/      FwPKMStore, FwPKMRetriever, ChatFwPKM: thin LangChain adapters over the above
+
+The public names below load on first use (`import fwpkm_rag` and `import fwpkm_rag.pipelines` stay light).
 """
 from __future__ import annotations
 
 _LAZY = {
-    "FwPKMStore": "fwpkm_rag.pipelines.langchain",
-    "FwPKMRetriever": "fwpkm_rag.pipelines.langchain",
-    "ChatFwPKM": "fwpkm_rag.pipelines.langchain",
-    "MemoryIndex": "fwpkm_rag.pipelines.ingest",
+    "FwPKMStore": "fwpkm_rag.pipelines.langchain.vectorstores",
+    "FwPKMRetriever": "fwpkm_rag.pipelines.langchain.retrievers",
+    "ChatFwPKM": "fwpkm_rag.pipelines.langchain.chat_models",
+    "StoreSettings": "fwpkm_rag.pipelines.settings",
+    "MemoryIndex": "fwpkm_rag.pipelines.index",
     "Hit": "fwpkm_rag.pipelines.retrieval",
     "ProvenanceTable": "fwpkm_rag.pipelines.provenance",
 }

@@ -1,7 +1,13 @@
-"""Answer generation from a memory: prompt formatting, token streaming with stop sequences, seeded sampling.
+"""Answers: prompt formatting, the one decode loop (`stream_generate`), answers from memory and reader mode.
 
-Used by `ChatFwPKM`; no LangChain here. Generation runs on a cache whose memories are either a store's (read
-only: the store is never changed by a question) or fresh (a private memory that the prompt writes as usual).
+No LangChain here (`ChatFwPKM` is a thin adapter over `stream_answer`). Every answer path decodes with
+`stream_generate`, on a cache whose memories are either a store's (read only: the store is never changed by a
+question) or fresh (a private memory that the prompt writes as usual).
+
+Two modes (`stream_answer`):
+- "memory": the model answers from the store's memory by generation (the paper's mechanism).
+- "reader": classic RAG — the store's top k chunks for the last user message go into the prompt
+  (`reader_prompt`) and the model reads them with its memory off (an attached backbone's `as_reader()`).
 """
 from __future__ import annotations
 
@@ -11,7 +17,9 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from fwpkm_rag.errors import InputError
+from fwpkm_rag.errors import InputError, QueryTooLongError, check_int
+from fwpkm_rag.pipelines.retrieval import check_k, query_cache, rank_chunks
+from fwpkm_rag.pipelines.settings import DEFAULT_MAX_QUERY_TOKENS
 
 ROLES = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 
@@ -168,3 +176,64 @@ def stream_generate(model, cache, prompt_ids: list[int], *, read_only: bool, max
         if len(text) > emitted:
             yield text[emitted:]
     stats.seconds = time.perf_counter() - start
+
+
+# ---- answers ----------------------------------------------------------------------------------------------------
+MODES = ("memory", "reader")
+
+
+def check_conversation(conversation: Sequence[tuple[str, str]]) -> None:
+    """Every message's text must be valid Unicode (a lone surrogate cannot be tokenized)."""
+    for n, (_, text) in enumerate(conversation):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(f"message #{n} is not valid Unicode: {text[exc.start]!r} at index {exc.start}") from None
+
+
+def reader_conversation(index, model, conversation: list, k, stats: GenerationStats):
+    """(reader model, conversation): the store's top-k chunks for the last user message, in the classic RAG
+    prompt (`reader_prompt`); an attached backbone reads with its memory off (`as_reader`). The chunks read
+    are named in `stats.sources`."""
+    if index is None:
+        raise InputError("mode='reader' needs a store to retrieve from: ChatFwPKM(store=store, mode='reader')")
+    users = [t for r, t in conversation if r == "user"]
+    if not users:
+        raise InputError("mode='reader' needs a user message (the question)")
+    hits = rank_chunks(index, users[-1], check_k(k))
+    stats.sources = [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": h.score} for h in hits]
+    context = "\n\n".join(h.text for h in hits)
+    reader = model.as_reader() if hasattr(model, "as_reader") else model
+    return reader, [(r, t) for r, t in conversation if r == "system"] + [("user", reader_prompt(users[-1], context))]
+
+
+def stream_answer(conversation: list, *, model, index=None, mode: str = "memory", k: int = 4,
+                  prompt_format: str = "chat", max_new_tokens: Optional[int] = 32, temperature: float = 0.0,
+                  top_p: float = 1.0, seed: Optional[int] = 0, stop: Optional[Sequence[str]] = None,
+                  timeout: Optional[float] = None, stats: Optional[GenerationStats] = None) -> Iterator[str]:
+    """The answer to a conversation [(role, text)], piece by piece.
+
+    With an `index` (a store's MemoryIndex), `model` is the store's model: "memory" mode reads the store's
+    published memory (read only), "reader" mode reads the store's top `k` chunks. Without one, `model` answers
+    from a fresh private memory. The prompt may hold at most the store's `max_query_tokens` tokens."""
+    stats = stats if stats is not None else GenerationStats()
+    check_conversation(conversation)
+    if mode not in MODES:
+        raise InputError(f"mode must be 'memory' or 'reader', got {mode!r}")
+    if mode == "reader":
+        model, conversation = reader_conversation(index, model, conversation, k, stats)
+    prompt = format_prompt(model.get_tokenizer(), conversation, prompt_format)
+    limit = index.settings.max_query_tokens if index is not None else DEFAULT_MAX_QUERY_TOKENS
+    if len(prompt) > limit:
+        raise QueryTooLongError(f"the prompt is {len(prompt):,} tokens, over the limit of {limit:,} "
+                                "(max_query_tokens); shorten the conversation")
+    check_int("max_tokens", max_new_tokens, 1, error=InputError, optional=True)
+    if mode == "reader" or index is None:
+        # the reader's own fresh cache (the store is never touched), or a private memory the prompt writes
+        cache, read_only = model.init_cache(1), mode == "reader"
+    else:
+        # the store's published view: a concurrent add is seen whole or not at all, and never waited for
+        cache, read_only = query_cache(model, index.view), True
+    yield from stream_generate(model, cache, prompt, read_only=read_only, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, seed=seed, stop=stop, timeout=timeout,
+                               stats=stats)

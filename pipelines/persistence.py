@@ -4,7 +4,8 @@ Layout of a store folder:
 
     DIR/CURRENT                      the name of the current snapshot (replaced atomically with os.replace)
     DIR/snap-<time>-<rand>/
-        manifest.json                format name + version, model fingerprint, settings, sha256 of every file
+        manifest.json                format name + version, model fingerprint, settings (StoreSettings.to_dict),
+                                     sha256 of every file
         store.sqlite                 documents, chunks, counters, provenance table and token counts (blobs)
         memory-<i>.safetensors       the memory state of FwPKM layer i (MemoryState.save, own checksum)
         kv.safetensors               the sliding-window KV of every layer and the stream position
@@ -29,6 +30,10 @@ import time
 import torch
 
 from fwpkm_rag.errors import ModelMismatchError, StateFormatError
+from fwpkm_rag.pipelines.docstore import DocStore
+from fwpkm_rag.pipelines.index import MemoryIndex
+from fwpkm_rag.pipelines.provenance import ProvenanceTable
+from fwpkm_rag.pipelines.settings import StoreSettings
 
 FORMAT_NAME = "fwpkm-store"
 FORMAT_VERSION = 1
@@ -121,9 +126,7 @@ def save_index(index, directory: str) -> str:
                 "format": FORMAT_NAME,
                 "version": FORMAT_VERSION,
                 "model_fingerprint": model_fingerprint(index.model),
-                "settings": {"chunk_tokens": index.chunk_tokens, "chunk_overlap": index.chunk_overlap,
-                             "piece_tokens": index.piece_tokens, "per_slot": index.provenance.per_slot,
-                             "passes": index.passes},
+                "settings": index.settings.to_dict(),
                 "n_memories": len(index.cache.memory),
                 "files": {f: _sha256_file(os.path.join(tmp, f)) for f in files},
             }
@@ -191,11 +194,9 @@ def read_manifest(snapshot: str) -> dict:
     return manifest
 
 
-def load_index(directory: str, model, **overrides):
-    """Rebuild a MemoryIndex from the current snapshot in `directory` over `model`."""
-    from fwpkm_rag.pipelines.docstore import DocStore
-    from fwpkm_rag.pipelines.ingest import MemoryIndex
-    from fwpkm_rag.pipelines.provenance import ProvenanceTable
+def load_index(directory: str, model, **overrides) -> MemoryIndex:
+    """Rebuild a MemoryIndex from the current snapshot in `directory` over `model`; `overrides`: StoreSettings
+    fields on top of the saved ones (e.g. the limits, which snapshots do not record)."""
 
     snapshot = current_snapshot(directory)
     manifest = read_manifest(snapshot)
@@ -213,10 +214,9 @@ def load_index(directory: str, model, **overrides):
     if manifest.get("n_memories") != len(model.config.fwpkm_layers):
         raise ModelMismatchError(f"the store holds {manifest.get('n_memories')} memories, the model has "
                                  f"{len(model.config.fwpkm_layers)} FwPKM layers")
-    settings = {**manifest["settings"], **overrides}
-    per_slot = settings.pop("per_slot")
+    settings = StoreSettings.from_dict(manifest["settings"], **overrides)
     docs = DocStore(os.path.join(snapshot, "store.sqlite"))
-    index = MemoryIndex(model, per_slot=per_slot, _docstore=docs, **settings)
+    index = MemoryIndex(model, settings, _docstore=docs)
     try:
         index.provenance = ProvenanceTable.from_tensors({
             "chunk": docs.get_array("provenance.chunk"), "strength": docs.get_array("provenance.strength"),

@@ -1,39 +1,30 @@
-"""Provenance: which document chunks wrote each memory slot, and how strongly — the retrieval index.
+"""Provenance: which document chunks wrote each memory slot, and how strongly — storage only.
 
 Per FwPKM layer and slot, the table keeps the strongest `per_slot` writers (chunk id, strength), where a
 chunk's strength on a slot is the sum over its tokens of gate x read weight of that slot. When a slot is full
 the weakest entry is evicted, never the oldest: a prototype showed decaying or age-based eviction halving
-recall (retrieval notes). The table's size is fixed by the memory, not by the corpus.
+recall (retrieval notes). The table's size is fixed by the memory, not by the corpus. It also counts the
+(slot, chunk) write events of every slot (`writes`, for the slot idf) and which chunk ids are still alive.
 
-Scoring a question: each question token's reads (slot, weight) meet the slot's writers; a writer scores
-
-    token_weight x read_weight x idf(slot)^2 x s / (s + 0.5)
-
-summed over tokens, reads and layers, with idf(slot) = log(1 + writes to all slots / writes to this slot)
-(slots written by very many chunks say little) and the saturation s/(s+0.5) (a chunk that hammered a slot
-is not worth many chunks that touched it once).
+How a question is scored against the table (slot idf, saturation, contributions) is retrieval's job:
+`retrieval.score_chunks`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
 
 import torch
 from torch import Tensor
 
-SATURATION = 0.5
-
-
-@dataclass
-class SlotMatch:
-    layer: int
-    slot: int
-    contribution: float
+from fwpkm_rag.errors import check_int
 
 
 class ProvenanceTable:
+    """Per layer and slot the strongest `per_slot` writers: `chunk` (L, N, m) int32 ids (-1: empty) and
+    `strength` (L, N, m) float16; `writes` (L, N) float32 write events; `alive` (n_chunks,) bool."""
+
     def __init__(self, n_layers: int, n_slots: int, per_slot: int = 32):
-        if per_slot < 1:
-            raise ValueError(f"per_slot must be >= 1, got {per_slot}")
+        check_int("per_slot", per_slot, 1)
         self.n_layers, self.n_slots, self.per_slot = n_layers, n_slots, per_slot
         self.chunk = torch.full((n_layers, n_slots, per_slot), -1, dtype=torch.int32)  # writer chunk ids
         self.strength = torch.zeros((n_layers, n_slots, per_slot), dtype=torch.float16)  # their strengths
@@ -56,6 +47,16 @@ class ProvenanceTable:
         ids = torch.as_tensor(list(chunk_ids), dtype=torch.long)
         if ids.numel():
             self.alive[ids] = False
+
+    def clone(self) -> "ProvenanceTable":
+        """An independent copy (a write call works on one and publishes it, or drops it on failure)."""
+        return ProvenanceTable.from_tensors({name: t.clone() for name, t in self.tensors().items()})
+
+    def with_own_alive(self) -> "ProvenanceTable":
+        """A copy that shares the writer tensors and owns its alive flags: all a delete call changes."""
+        table = copy.copy(self)
+        table.alive = self.alive.clone()
+        return table
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.chunk, self.strength, self.writes, self.alive))
@@ -103,53 +104,6 @@ class ProvenanceTable:
         strength_rows[row, rank[keep]] = merged[keep].half()
         self.chunk[layer, touched] = chunk_rows
         self.strength[layer, touched] = strength_rows
-
-    # ---- reads ----------------------------------------------------------------------------------------------
-    def slot_idf(self, layer: int) -> Tensor:
-        """(N,) log(1 + all write events / this slot's write events)."""
-        w = self.writes[layer]
-        return torch.log1p(w.sum() / w.clamp_min(1.0))
-
-    def score(self, reads: list, token_weight: Tensor | None = None) -> Tensor:
-        """Chunk scores (n_chunks,) for a question.
-
-        reads: one (slots (T, J), weights (T, J)) per layer — the question's reads, flattened over heads.
-        token_weight: (T,) weight of each question token (e.g. its idf), default 1.
-        """
-        scores = torch.zeros(self.n_chunks)
-        for layer, (slots, weights) in enumerate(reads):
-            contrib, chunk = self._contributions(layer, slots, weights, token_weight)
-            scores.index_add_(0, chunk, contrib)
-        return scores.masked_fill(~self.alive, float("-inf")) if self.n_chunks else scores
-
-    def matches(self, reads: list, chunk_id: int, token_weight: Tensor | None = None, top: int = 8) -> list:
-        """The slots through which a chunk scored for this question, strongest first."""
-        found = []
-        for layer, (slots, weights) in enumerate(reads):
-            contrib, chunk = self._contributions(layer, slots, weights, token_weight, keep_slots=True)
-            contrib, slot = contrib
-            hit = chunk == chunk_id
-            for s in torch.unique(slot[hit]).tolist():
-                found.append(SlotMatch(layer, int(s), float(contrib[hit & (slot == s)].sum())))
-        return sorted(found, key=lambda m: -m.contribution)[:top]
-
-    def _contributions(self, layer, slots, weights, token_weight, keep_slots=False):
-        slots = slots.long()
-        T, J = slots.shape
-        tw = torch.ones(T) if token_weight is None else token_weight.float()
-        idf = self.slot_idf(layer)[slots]  # (T, J)
-        read = weights.float() * idf.pow(2) * tw[:, None]  # (T, J)
-        chunk = self.chunk[layer, slots].long()  # (T, J, m)
-        strength = self.strength[layer, slots].float()
-        valid = chunk >= 0
-        sat = strength / (strength + SATURATION)
-        contrib = (read[..., None] * sat)[valid]
-        chunk = chunk[valid]
-        alive = self.alive[chunk]
-        if keep_slots:
-            slot = slots[..., None].expand_as(valid)[valid]
-            return (contrib[alive], slot[alive]), chunk[alive]
-        return contrib[alive], chunk[alive]
 
     # ---- persistence ----------------------------------------------------------------------------------------
     def tensors(self) -> dict:

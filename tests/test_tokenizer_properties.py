@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fwpkm_rag.errors import InputError
-from fwpkm_rag.pipelines.ingest import token_byte_lengths
+from fwpkm_rag.pipelines.chunking import token_byte_lengths
 from fwpkm_rag.tokenizer import SPECIAL_TOKENS, get_tokenizer
 
 TOKS = {k: get_tokenizer(k) for k in (256, 1024, 8192)}

@@ -1,10 +1,11 @@
 """The provenance table against a dictionary reference: bounded per slot, strongest writers kept, deleted
-chunks never scored."""
+chunks never scored (scoring against the table: retrieval.score_chunks / slot_matches)."""
 import math
 
 import torch
 
 from fwpkm_rag.pipelines.provenance import ProvenanceTable
+from fwpkm_rag.pipelines.retrieval import score_chunks, slot_matches
 
 
 class DictProvenance:
@@ -77,14 +78,14 @@ def test_scoring_prefers_the_chunk_that_wrote_the_read_slots_and_skips_deleted()
     for c in range(2, 30):  # slot 40 is written by everyone: its idf is low
         table.record(0, torch.tensor([40]), torch.tensor([c]), torch.tensor([1.0]))
     reads = [(torch.tensor([[1, 2, 40], [3, 40, 40]]), torch.tensor([[0.4, 0.4, 0.2], [0.5, 0.25, 0.25]]))]
-    scores = table.score(reads)
+    scores = score_chunks(table, reads)
     assert int(scores.argmax()) == 0
     assert scores[0] > scores[1] > 0
     assert scores[2] < scores[0] / 5
-    matched = [m.slot for m in table.matches(reads, 0)]
+    matched = [m.slot for m in slot_matches(table, reads, 0)]
     assert set(matched) == {1, 2, 3}
     table.delete([0])
-    assert torch.isinf(table.score(reads)[0]) and int(table.score(reads).argmax()) == 1
+    assert torch.isinf(score_chunks(table, reads)[0]) and int(score_chunks(table, reads).argmax()) == 1
 
 
 def test_round_trip_through_tensors():

@@ -18,7 +18,7 @@ from langchain_core.documents import Document
 
 from fwpkm_rag.errors import InputError, ModelMismatchError, StateFormatError
 from fwpkm_rag.pipelines import ChatFwPKM, FwPKMStore
-from fwpkm_rag.pipelines.ingest import chunk_spans
+from fwpkm_rag.pipelines.chunking import chunk_spans
 from rag_helpers import rag_model
 
 HERE = Path(__file__).resolve().parent

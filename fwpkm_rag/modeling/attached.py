@@ -1,10 +1,9 @@
-"""`AttachedFwPKMModel`: a frozen pretrained decoder with FwPKM attached, behind FwPKMForCausalLM's interface.
+"""`AttachedFwPKMModel`: a frozen pretrained decoder with FwPKM attached, behind the MemoryLM interface.
 
-The RAG pipeline (MemoryIndex, retrieval, generation, FwPKMStore, ChatFwPKM) talks to a model through a small
-interface: `config.fwpkm_layers`, `config.fwpkm_config`, `config.vocab_size`, `get_tokenizer()`,
-`embed_tokens`, `fwpkm_modules`, `init_cache()`, and `model(ids, cache=, read_only=, return_memory=,
-logits_to_keep=)` returning logits and the memory reads/writes. This adapter provides it over a transformers
-Llama-family CausalLM to which `attach_fwpkm` added FwPKM sub-blocks:
+The RAG pipeline (MemoryIndex, retrieval, generation, FwPKMStore, ChatFwPKM) talks to a model through the
+`MemoryLM` interface (modeling/protocol.py). This adapter provides it over a transformers Llama-family
+CausalLM to which `attach_fwpkm` added FwPKM sub-blocks; the cache plumbing and input checks it shares with
+FwPKMForCausalLM come from `StreamingLM` (modeling/streaming.py):
 
     model = AttachedFwPKMModel.from_backbone("smollm2", layers=[7])      # offline SmolLM2-135M-Instruct
     store = FwPKMStore(model=model)                                      # ingests, retrieves, answers
@@ -19,154 +18,23 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fwpkm_rag.errors import ConfigError, InputError, StateError
+from fwpkm_rag.errors import ConfigError, InputError, StateError, check_int
 from fwpkm_rag.memory.config import FwPKMConfig
 from fwpkm_rag.modeling.attach import (
     attach_fwpkm, attachment, decoder_of, fwpkm_blocks, is_attached, load_fwpkm, memory_call, read_fwpkm_meta,
     save_fwpkm,
 )
 from fwpkm_rag.modeling.cache import FwPKMCache
-from fwpkm_rag.modeling.model import FwPKMCausalLMOutput, FwPKMForCausalLM
-from fwpkm_rag.tokenizer import FwPKMTokenizer
+from fwpkm_rag.modeling.hf_tokenizer import HFTokenizer, adapt_tokenizer  # noqa: F401  (HFTokenizer: public here too)
+from fwpkm_rag.modeling.streaming import FwPKMCausalLMOutput, StreamingLM
 
 DEFAULT_WINDOW = 1024
-
-
-# ---- tokenizer adapter ---------------------------------------------------------------------------------------
-def _byte_decoder() -> dict:
-    """GPT-2 byte-level BPE: the printable character standing for each byte -> that byte."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(keep, chars)}
-
-
-class HFTokenizer:
-    """A transformers tokenizer behind the project tokenizer's interface (encode/decode/decode_bytes, eos_id,
-    special ids, chat prompts). Text is always encoded as text: a literal "<|im_end|>" in a document never
-    becomes the special token."""
-
-    def __init__(self, hf_tokenizer, *, separator: Optional[str] = None):
-        self.hf = hf_tokenizer
-        self.vocab_size = len(hf_tokenizer)
-        added = getattr(hf_tokenizer, "added_tokens_decoder", {}) or {}
-        self._special_ids = {tok.content: int(i) for i, tok in added.items() if getattr(tok, "special", True)}
-        for name in ("eos_token", "bos_token", "pad_token", "unk_token"):
-            content = getattr(hf_tokenizer, name, None)
-            if content and content not in self._special_ids:
-                tid = hf_tokenizer.convert_tokens_to_ids(content)
-                if tid is not None:
-                    self._special_ids[content] = int(tid)
-        sep = separator or ("<|endoftext|>" if "<|endoftext|>" in self._special_ids else hf_tokenizer.eos_token)
-        if sep is None or sep not in self._special_ids:
-            raise ConfigError("the tokenizer has no end-of-text / eos special token to separate documents with")
-        self.eos_id = self._special_ids[sep]  # document separator (the project's eos_id meaning)
-        self.bos_id = self.eos_id
-        pad = getattr(hf_tokenizer, "pad_token_id", None)
-        self.pad_id = int(pad) if pad is not None else self.eos_id
-        self.special_token_ids = frozenset(self._special_ids.values())
-        self._bytes: Optional[list] = None
-        self._lengths: Optional[np.ndarray] = None
-
-    @property
-    def special_ids(self) -> dict:
-        return dict(self._special_ids)
-
-    @property
-    def name(self) -> str:
-        return getattr(self.hf, "name_or_path", type(self.hf).__name__)
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def __repr__(self) -> str:
-        return f"HFTokenizer({type(self.hf).__name__}, vocab_size={self.vocab_size})"
-
-    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list:
-        text = FwPKMTokenizer._check_text(text)
-        ids = list(self.hf.encode(text, add_special_tokens=False, split_special_tokens=True)) if text else []
-        if bos:
-            ids.insert(0, self.bos_id)
-        if eos:
-            ids.append(self.eos_id)
-        return ids
-
-    def token_bytes(self) -> list:
-        """Bytes of every token id (special tokens: their names' UTF-8 bytes)."""
-        if self._bytes is None:
-            dec = _byte_decoder()
-            pieces = self.hf.convert_ids_to_tokens(list(range(self.vocab_size)))
-            specials = {i: c for c, i in self._special_ids.items()}
-            out = []
-            for i, piece in enumerate(pieces):
-                if i in specials:
-                    out.append(specials[i].encode("utf-8"))
-                elif piece is not None and all(ch in dec for ch in piece):
-                    out.append(bytes(dec[ch] for ch in piece))
-                else:  # not a byte-level BPE piece: its decoded text
-                    out.append(self.hf.decode([i]).encode("utf-8"))
-            self._bytes = out
-        return self._bytes
-
-    def token_byte_lengths(self) -> np.ndarray:
-        if self._lengths is None:
-            self._lengths = np.asarray([len(b) for b in self.token_bytes()], dtype=np.int32)
-        return self._lengths
-
-    @property
-    def _fwpkm_byte_lengths(self) -> np.ndarray:
-        # the attribute under which pipelines.ingest.token_byte_lengths caches a tokenizer's byte lengths
-        return self.token_byte_lengths()
-
-    def _check_ids(self, ids) -> list:
-        return FwPKMTokenizer._check_ids(self, ids)
-
-    def decode_bytes(self, ids) -> bytes:
-        table = self.token_bytes()
-        return b"".join(table[i] for i in self._check_ids(ids))
-
-    def decode(self, ids) -> str:
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
-
-    def chat_ids(self, messages) -> list:
-        """Token ids of a conversation [(role, text), ...] through the tokenizer's chat template, ending where
-        the assistant's answer starts."""
-        if not getattr(self.hf, "chat_template", None):
-            raise ConfigError("this tokenizer has no chat template: use prompt_format='qa'")
-        conv = [{"role": r, "content": t} for r, t in messages]
-        out = self.hf.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
-        if hasattr(out, "keys") and "input_ids" in out:
-            out = out["input_ids"]
-        if hasattr(out, "tolist"):
-            out = out.tolist()
-        if out and isinstance(out[0], list):
-            out = out[0]
-        return [int(i) for i in out]
-
-    def to_dict(self) -> dict:
-        return {"hf_class": type(self.hf).__name__, "name": self.name, "vocab_size": self.vocab_size}
-
-
-def adapt_tokenizer(tokenizer):
-    """The project tokenizer as is; a transformers tokenizer wrapped in HFTokenizer."""
-    if tokenizer is None or isinstance(tokenizer, (FwPKMTokenizer, HFTokenizer)):
-        return tokenizer
-    if hasattr(tokenizer, "convert_ids_to_tokens") and hasattr(tokenizer, "encode"):
-        return HFTokenizer(tokenizer)
-    raise InputError(f"tokenizer must be a transformers tokenizer or a FwPKMTokenizer, got {type(tokenizer).__name__}")
 
 
 # ---- config and cache ----------------------------------------------------------------------------------------
@@ -195,46 +63,31 @@ class AttachedCache(FwPKMCache):
     window-1 positions (all of them with window=None), per FwPKM layer its MemoryState.
 
     Also the transformers cache interface the decoder layers call (`update`). A cache that streamed
-    memory-only calls has no attention context above the last FwPKM layer: it can only go on memory-only."""
-
-    def _setup(self, model, batch_size: int) -> None:
-        cfg = model.config
-        self.batch_size, self.n_layers = batch_size, cfg.n_layers
-        self.fwpkm_layers = list(cfg.fwpkm_layers)
-        self.kv = [None] * cfg.n_layers
-        self.memory = [b.init_state(batch_size, mode=self.mode) for b in model.fwpkm_modules]
-        self.mode = self.memory[0].mode if self.memory else self.mode
-        self.key_valid = None
-        self.truncated = False
+    memory-only calls has no attention context above the last FwPKM layer (`truncated`): it can only go on
+    memory-only."""
 
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
         past = self.kv[layer_idx]
         if past is not None:
-            key_states = torch.cat([past[0], key_states], dim=-2)
+            key_states = torch.cat([past[0], key_states], dim=-2)  # (B, h, P + t, dh)
             value_states = torch.cat([past[1], value_states], dim=-2)
         self.kv[layer_idx] = (key_states, value_states)
         return key_states, value_states
 
-    def clone(self) -> "AttachedCache":
-        other = FwPKMCache.clone(self)
-        other.__class__ = type(self)
-        other.truncated = getattr(self, "truncated", False)
-        return other
-
 
 # ---- the adapter ---------------------------------------------------------------------------------------------
-class AttachedFwPKMModel(nn.Module):
-    """A transformers Llama-family CausalLM with FwPKM attached, with FwPKMForCausalLM's streaming interface."""
+class AttachedFwPKMModel(StreamingLM, nn.Module):
+    """A transformers Llama-family CausalLM with FwPKM attached, behind the MemoryLM interface."""
 
-    supports_memory_only = True
+    cache_class = AttachedCache
+    supports_memory_only = True  # used by pipelines until v2 adoption (every MemoryLM accepts memory_only)
 
     def __init__(self, backbone: nn.Module, tokenizer=None, *, window: Optional[int] = DEFAULT_WINDOW,
                  name: Optional[str] = None, use_memory: bool = True):
         super().__init__()
         if not is_attached(backbone):
             raise StateError("the backbone has no FwPKM attached: call fwpkm_rag.attach_fwpkm(backbone, ...) first")
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 2):
-            raise ConfigError(f"window must be None (full attention) or an int >= 2, got {window!r}")
+        window = check_int("window", window, 2, optional=True)  # None: full attention
         self.backbone = backbone
         self.window = window
         self.use_memory = use_memory
@@ -291,7 +144,7 @@ class AttachedFwPKMModel(nn.Module):
                     break
             text = "\n\n".join(parts)
         ids = tok.encode(text)[:n_tokens]
-        return calibrate_fwpkm(self.backbone, torch.tensor([ids], device=self.embed_tokens.weight.device))
+        return calibrate_fwpkm(self.backbone, torch.tensor([ids], device=self.device))
 
     def save_pretrained(self, directory, **_ignored) -> str:
         """Only the FwPKM weights + fwpkm.json (layers, memory config, backbone name and fingerprint, window)."""
@@ -316,9 +169,14 @@ class AttachedFwPKMModel(nn.Module):
         return AttachedFwPKMModel(self.backbone, self._tok, window=None, name=self.config.backbone_name,
                                   use_memory=False)
 
-    # ---- the pipeline interface ---------------------------------------------------------------------------------
+    # ---- the MemoryLM interface (init_cache, flush_memory, load_cache: StreamingLM) ----------------------------
+    @property
+    def device(self) -> torch.device:
+        return decoder_of(self.backbone).embed_tokens.weight.device
+
     @property
     def embed_tokens(self) -> nn.Embedding:
+        # used by pipelines until v2 adoption (model.embed_tokens.weight.device): use model.device
         return decoder_of(self.backbone).embed_tokens
 
     @property
@@ -333,18 +191,6 @@ class AttachedFwPKMModel(nn.Module):
         if self._tok is None:
             raise InputError("this model was built without a tokenizer: pass tokenizer= to AttachedFwPKMModel")
         return self._tok
-
-    def init_cache(self, batch_size: int = 1, *, mode: Optional[str] = None) -> AttachedCache:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-        cache = AttachedCache(batch_size, mode)
-        cache._setup(self, batch_size)
-        return cache
-
-    def flush_memory(self, cache: AttachedCache) -> list:
-        if not isinstance(cache, AttachedCache):
-            raise InputError(f"cache must be an AttachedCache (model.init_cache()), got {type(cache).__name__}")
-        return cache.flush()
 
     # ---- rotary angles in float64 ---------------------------------------------------------------------------
     def _rope(self, positions: Tensor, dtype) -> tuple:
@@ -367,36 +213,25 @@ class AttachedFwPKMModel(nn.Module):
             raise ConfigError("this backbone's rotary embedding has another layout than Llama's: not supported")
 
     # ---- forward ----------------------------------------------------------------------------------------------
-    def _fit_cache(self, cache, B: int) -> None:
-        if not isinstance(cache, AttachedCache):
-            raise InputError(f"cache must be an AttachedCache (model.init_cache()), got {type(cache).__name__}")
-        if not cache.initialized:
-            cache._setup(self, cache.batch_size or B)
-        if cache.n_layers != self.config.n_layers or cache.fwpkm_layers != list(self.config.fwpkm_layers):
-            raise StateError("this cache was made for a model with other layers")
-        if cache.batch_size != B:
-            raise StateError(f"the cache holds {cache.batch_size} stream(s) but the input has {B}")
-
     def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
                 cache: Optional[AttachedCache] = None, labels: Optional[Tensor] = None, use_cache: Optional[bool] = None,
                 read_only: bool = False, return_memory: bool = False, logits_to_keep: int = 0,
                 memory_only: bool = False, output_hidden_states: Optional[bool] = None, **kwargs) -> FwPKMCausalLMOutput:
-        """Like FwPKMForCausalLM.forward; plus memory_only=True: run only up to the last FwPKM layer (no logits)."""
+        """Like FwPKMForCausalLM.forward; memory_only=True runs only up to the last FwPKM layer (no logits)."""
         if kwargs.get("inputs_embeds") is not None:
             raise InputError("AttachedFwPKMModel takes input_ids only (no inputs_embeds)")
-        ids = FwPKMForCausalLM._check_input_ids(self, input_ids)
+        ids = self._check_input_ids(input_ids)
         B, T = ids.shape
-        mask = FwPKMForCausalLM._call_mask(self, attention_mask, B, T)
-        if memory_only and (labels is not None or output_hidden_states):
-            raise InputError("memory_only=True computes no logits or final hidden states (it stops after the last "
-                             "FwPKM layer): drop labels / output_hidden_states")
+        mask = self._call_mask(attention_mask, B, T)
+        self._check_memory_only(memory_only, labels, output_hidden_states)
         temporary = cache is None
         cache = self.init_cache(B) if temporary else cache
+        self._check_cache_type(cache)
         self._fit_cache(cache, B)
         if not memory_only and (cache.truncated or (cache.position > 0 and any(kv is None for kv in cache.kv))):
             raise StateError("this cache streamed memory-only calls (ingestion): its layers above the last FwPKM "
-                             "layer hold no attention context. Use a fresh cache (e.g. retrieval.query_cache) to "
-                             "compute logits or generate")
+                             "layer hold no attention context. Use a fresh cache (e.g. model.init_cache(memories=cache.memory)) "
+                             "to compute logits or generate")
         if memory_only:
             cache.truncated = True
         needed = T if not logits_to_keep else min(int(logits_to_keep), T)
@@ -419,14 +254,7 @@ class AttachedFwPKMModel(nn.Module):
                     reads = [tuple(torch.cat([a, b], dim=1) for a, b in zip(r0, r1)) for r0, r1 in zip(reads, out["reads"])]
                     writes = [w0 + w1 for w0, w1 in zip(writes, out["writes"])]
         logits_t = torch.cat(logits, dim=1) if logits else None
-        loss = None
-        if labels is not None:
-            if labels.shape != (B, T):
-                raise InputError(f"labels must have shape {(B, T)}, got {tuple(labels.shape)}")
-            if logits_t is None or logits_t.shape[1] != T:
-                raise InputError("labels need all logits: leave logits_to_keep at 0")
-            loss = F.cross_entropy(logits_t[:, :-1].reshape(-1, logits_t.shape[-1]).float(),
-                                   labels[:, 1:].reshape(-1).long(), ignore_index=-100)
+        loss = self._next_token_loss(logits_t, labels, B, T) if labels is not None else None
         return FwPKMCausalLMOutput(loss=loss, logits=logits_t, cache=None if (temporary and not use_cache) else cache,
                                    memory_reads=reads, memory_writes=writes,
                                    hidden_states=torch.cat(hidden, dim=1) if hidden else None)

@@ -6,38 +6,31 @@
     out = model(ids_part2, cache=cache, return_memory=True)
     out.memory_reads[i]  -> (slots (B,T,H,k), weights (B,T,H,k), gate (B,T)) of FwPKM layer i
     out.memory_writes[i] -> the write records of FwPKM layer i made in this call
-    writes = cache.flush()                              # write the queued partial chunks
+    writes = model.flush_memory(cache)                  # write the queued partial chunks
     model.generate(question_ids, cache=cache, max_new_tokens=8)   # answers from the memory
+
+It implements the `MemoryLM` interface (modeling/protocol.py); the streaming plumbing it shares with
+`AttachedFwPKMModel` lives in modeling/streaming.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.utils import ModelOutput
 
-from fwpkm_rag.errors import InputError, StateError
+from fwpkm_rag.errors import InputError
 from fwpkm_rag.memory import FwPKM, initial_fast_weights
 from fwpkm_rag.modeling.cache import FwPKMCache
 from fwpkm_rag.modeling.config import FwPKMModelConfig
 from fwpkm_rag.modeling.layers import DecoderLayer, StaticPKM, rope_tables
+from fwpkm_rag.modeling.streaming import FwPKMCausalLMOutput, StreamingLM
 
 
-@dataclass
-class FwPKMCausalLMOutput(ModelOutput):
-    loss: Optional[Tensor] = None  # () mean next-token cross-entropy over non-ignored labels
-    logits: Optional[Tensor] = None  # (B, T or logits_to_keep, vocab)
-    cache: Optional[FwPKMCache] = None  # the (updated) streaming cache, when one was used
-    memory_reads: Optional[list] = None  # per FwPKM layer: (slots, weights, gate) of this call's tokens
-    memory_writes: Optional[list] = None  # per FwPKM layer: list of write dicts made in this call
-    hidden_states: Optional[Tensor] = None  # (B, T, d) final hidden states (output_hidden_states=True)
-
-
-class FwPKMForCausalLM(PreTrainedModel, GenerationMixin):
+class FwPKMForCausalLM(StreamingLM, PreTrainedModel, GenerationMixin):
+    cache_class = FwPKMCache
+    repeats_cache_streams = True  # generate() repeats prompts for beams / return sequences
     config_class = FwPKMModelConfig
     base_model_prefix = "fwpkm"
     main_input_name = "input_ids"
@@ -127,53 +120,11 @@ class FwPKMForCausalLM(PreTrainedModel, GenerationMixin):
         """The FwPKM sub-blocks, in the order of config.fwpkm_layers (and of cache.memory, memory_reads)."""
         return [self.layers[i].fwpkm for i in self.config.fwpkm_layers]
 
-    # ---- cache ------------------------------------------------------------------------------------------------
-    def init_cache(self, batch_size: int = 1, *, mode: Optional[str] = None) -> FwPKMCache:
-        """A fresh streaming cache: empty KV windows and fresh memories (`isolated`: one per stream)."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-        cache = FwPKMCache(batch_size, mode)
-        cache._setup(self, batch_size)
-        return cache
-
-    def flush_memory(self, cache: FwPKMCache) -> list:
-        """Write the queued partial chunk of every memory in `cache` now; returns the writes per FwPKM layer."""
-        if not isinstance(cache, FwPKMCache):
-            raise InputError(f"cache must be a FwPKMCache, got {type(cache).__name__}")
-        return cache.flush() if cache.initialized else [[] for _ in self.config.fwpkm_layers]
+    def as_reader(self) -> "FwPKMForCausalLM":
+        """The reader of classic RAG over this model: itself (its memory is part of how it reads)."""
+        return self
 
     # ---- forward ----------------------------------------------------------------------------------------------
-    def _check_input_ids(self, input_ids) -> Tensor:
-        if not isinstance(input_ids, Tensor):
-            raise InputError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
-        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-            raise InputError(
-                f"input_ids must be an integer tensor (torch.long), got {input_ids.dtype}; "
-                "token ids come from the tokenizer, e.g. torch.tensor([tok.encode(text)])"
-            )
-        if input_ids.dim() == 1:
-            raise InputError(f"input_ids must have shape (batch, tokens); got 1-D {tuple(input_ids.shape)}: use ids[None]")
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
-            raise InputError(f"input_ids must have shape (batch, tokens) with both > 0, got {tuple(input_ids.shape)}")
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= self.config.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise InputError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
-        if input_ids.device != self.embed_tokens.weight.device:
-            raise InputError(f"input_ids are on {input_ids.device} but the model is on {self.embed_tokens.weight.device}")
-        return input_ids.long()
-
-    def _call_mask(self, attention_mask, B: int, T: int) -> Optional[Tensor]:
-        """(B, T) bool of real tokens for this call, or None when there is no padding."""
-        if attention_mask is None:
-            return None
-        if not isinstance(attention_mask, Tensor) or attention_mask.dim() != 2 or attention_mask.shape[0] != B:
-            raise InputError(f"attention_mask must be a (batch, tokens) tensor with batch {B}")
-        if attention_mask.shape[1] < T:
-            raise InputError(f"attention_mask covers {attention_mask.shape[1]} tokens but the call has {T}")
-        mask = attention_mask[:, -T:].bool()  # generate passes the mask of the whole sequence so far
-        return None if bool(mask.all()) else mask
-
     def forward(
         self,
         input_ids: Optional[Tensor] = None,
@@ -184,6 +135,7 @@ class FwPKMForCausalLM(PreTrainedModel, GenerationMixin):
         read_only: bool = False,
         return_memory: bool = False,
         logits_to_keep: int = 0,
+        memory_only: bool = False,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         **kwargs,
@@ -194,6 +146,8 @@ class FwPKMForCausalLM(PreTrainedModel, GenerationMixin):
         cache: updated in place and returned (a new one is made when None and use_cache=True);
         read_only: every memory is frozen for this call (nothing written or queued; the KV still advances);
         return_memory: fill memory_reads / memory_writes; logits_to_keep: only the last N logits (0 = all);
+        memory_only: the caller needs only the memory reads/writes: every layer still runs (the cache stays
+        complete and the memories are exactly those of a full call), only the output head is skipped (logits None);
         labels (B, T): next-token loss, labels shifted inside, -100 ignored.
         """
         if cache is None and kwargs.get("past_key_values") is not None:  # older generate() name
@@ -203,11 +157,11 @@ class FwPKMForCausalLM(PreTrainedModel, GenerationMixin):
         input_ids = self._check_input_ids(input_ids)
         B, T = input_ids.shape
         mask = self._call_mask(attention_mask, B, T)
+        self._check_memory_only(memory_only, labels, output_hidden_states)
         if cache is None and use_cache:
             cache = FwPKMCache()
-        if cache is not None and not isinstance(cache, FwPKMCache):
-            raise InputError(f"cache must be a FwPKMCache (model.init_cache()), got {type(cache).__name__}")
         if cache is not None:
+            self._check_cache_type(cache)
             self._fit_cache(cache, B)
         grad = torch.is_grad_enabled()
         inplace = not grad  # without autograd, write the memories in place (no copy per call)
@@ -247,16 +201,8 @@ class FwPKMForCausalLM(PreTrainedModel, GenerationMixin):
         hidden = h if output_hidden_states else None
         if logits_to_keep and logits_to_keep < T:
             h = h[:, -logits_to_keep:]
-        logits = self.lm_head(h)  # (B, T', vocab)
-        loss = None
-        if labels is not None:
-            if labels.shape != (B, T):
-                raise InputError(f"labels must have shape {(B, T)}, got {tuple(labels.shape)}")
-            if logits.shape[1] != T:
-                raise InputError("labels need all logits: leave logits_to_keep at 0")
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1).long(), ignore_index=-100
-            )
+        logits = None if memory_only else self.lm_head(h)  # (B, T', vocab)
+        loss = self._next_token_loss(logits, labels, B, T) if labels is not None else None
         return FwPKMCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -265,18 +211,6 @@ class FwPKMForCausalLM(PreTrainedModel, GenerationMixin):
             memory_writes=writes if return_memory else None,
             hidden_states=hidden,
         )
-
-    def _fit_cache(self, cache: FwPKMCache, B: int) -> None:
-        if not cache.initialized:
-            cache._setup(self, cache.batch_size or B)
-        if cache.n_layers != self.config.n_layers or cache.fwpkm_layers != list(self.config.fwpkm_layers):
-            raise StateError("this cache was made for a model with other layers")
-        if cache.batch_size != B:
-            # generate() repeats each prompt for beams / return sequences: repeat the streams likewise.
-            if B % cache.batch_size == 0 and cache.mode == "isolated":
-                cache.select_(torch.arange(cache.batch_size).repeat_interleave(B // cache.batch_size))
-            else:
-                raise StateError(f"the cache holds {cache.batch_size} stream(s) but the input has {B}")
 
     # ---- generate ---------------------------------------------------------------------------------------------
     @classmethod

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from fwpkm_rag.errors import ConfigError
+from fwpkm_rag.errors import ConfigError, check_int
 
 SCORES = ("idw", "dot")
 INNER_GRADS = ("analytic", "autograd")
@@ -28,7 +28,7 @@ class FwPKMConfig:
     addr_weight: float = 1.0  # weight of the marginal-entropy addressing loss on the sub-keys (0 freezes keys)
     score: str = "idw"  # "idw" = -log(eps + squared distance); "dot" = inner product
     eps: float = 1e-3  # IDW epsilon
-    inner_grad: str = "analytic"  # how the inner gradient is computed: closed form, or autograd (the oracle)
+    inner_grad: str = "analytic"  # inner gradients in closed form, or by torch.autograd.grad (memory/inner_autograd.py)
     mode: str = "isolated"  # default state mode: one memory per sequence, or one shared by the batch
     q_conv: int = 0  # kernel of a depthwise causal conv on the query projection (0 = none, as the paper)
     max_slot_norm: Optional[float] = None  # refuse updates that push a value row's L2 norm past this
@@ -36,19 +36,14 @@ class FwPKMConfig:
     check_inputs: bool = True  # validate shapes and finiteness of inputs (one host sync per call)
 
     def __post_init__(self) -> None:
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"FwPKMConfig.{name} must be a positive int, got {value!r}")
-
-        for name in ("n_subkeys", "k_dim", "v_dim", "heads", "topk", "chunk_size"):
-            positive_int(name)
+        # check_int also takes numpy ints; storing them back as int keeps the config JSON-serialisable.
+        for name, low in (("n_subkeys", 1), ("k_dim", 1), ("v_dim", 1), ("heads", 1), ("topk", 1), ("chunk_size", 1),
+                          ("lookahead", 0), ("q_conv", 0), ("seed", None)):
+            object.__setattr__(self, name, check_int(f"FwPKMConfig.{name}", getattr(self, name), low))
         if self.k_dim % 2:
             raise ConfigError(f"FwPKMConfig.k_dim must be even (two sub-key halves), got {self.k_dim}")
         if self.topk > self.n_subkeys:
             raise ConfigError(f"FwPKMConfig.topk ({self.topk}) cannot exceed n_subkeys ({self.n_subkeys})")
-        if isinstance(self.lookahead, bool) or not isinstance(self.lookahead, int) or self.lookahead < 0:
-            raise ConfigError(f"FwPKMConfig.lookahead must be an int >= 0, got {self.lookahead!r}")
         if self.lookahead >= self.chunk_size:
             raise ConfigError(
                 f"FwPKMConfig.lookahead ({self.lookahead}) must be smaller than chunk_size ({self.chunk_size}):"
@@ -66,14 +61,10 @@ class FwPKMConfig:
             raise ConfigError(f"FwPKMConfig.inner_grad must be one of {INNER_GRADS}, got {self.inner_grad!r}")
         if self.mode not in MODES:
             raise ConfigError(f"FwPKMConfig.mode must be one of {MODES}, got {self.mode!r}")
-        if isinstance(self.q_conv, bool) or not isinstance(self.q_conv, int) or self.q_conv < 0:
-            raise ConfigError(f"FwPKMConfig.q_conv must be an int >= 0, got {self.q_conv!r}")
         if self.max_slot_norm is not None and not (
             isinstance(self.max_slot_norm, (int, float)) and 0 < self.max_slot_norm < float("inf")
         ):
             raise ConfigError(f"FwPKMConfig.max_slot_norm must be None or a finite number > 0, got {self.max_slot_norm!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"FwPKMConfig.seed must be an int, got {self.seed!r}")
 
     @property
     def n_slots(self) -> int:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from fwpkm_rag.errors import InputError
+from fwpkm_rag.errors import InputError, check_int
 from fwpkm_rag.kernels import product_key_topk, read_weights, row_update, weighted_gather
 from fwpkm_rag.memory.addressing import addressing_key_grad, addressing_loss
 from fwpkm_rag.memory.config import FwPKMConfig
@@ -189,6 +189,34 @@ def _check_finite(name: str, x: Tensor) -> None:
         raise InputError(f"{name} contains NaN or Inf")
 
 
+def _check_forward_inputs(q: Tensor, v: Tensor, g: Tensor, keys: Tensor, values: Tensor, heads: int,
+                          mask: Optional[Tensor]) -> tuple[int, int]:
+    """Validate `fwpkm_forward`'s tensors against each other; returns (n sub-keys, k_dim)."""
+    if q.dim() != 3 or v.dim() != 3 or g.dim() != 2:
+        raise InputError(f"expected q (B,T,H*k_dim), v (B,T,v_dim), g (B,T); got {tuple(q.shape)}, {tuple(v.shape)}, {tuple(g.shape)}")
+    B, T, qd = q.shape
+    heads = check_int("heads", heads, 1, error=InputError)
+    if qd % heads or (qd // heads) % 2:
+        raise InputError(f"q width {qd} must be heads ({heads}) x an even k_dim")
+    k_dim = qd // heads
+    if keys.dim() != 2 or keys.shape[1] != k_dim // 2 or keys.shape[0] % (2 * heads):
+        raise InputError(f"keys must be (2*heads*n, k_dim/2) = (2*{heads}*n, {k_dim // 2}), got {tuple(keys.shape)}")
+    n = keys.shape[0] // (2 * heads)
+    if values.dim() != 2 or values.shape[0] != n * n:
+        raise InputError(f"values must be (n*n, v_dim) with n = {n}, got {tuple(values.shape)}")
+    if v.shape[:2] != (B, T) or g.shape != (B, T) or v.shape[2] != values.shape[1]:
+        raise InputError(f"v must be (B,T,v_dim) = ({B},{T},{values.shape[1]}) and g (B,T); got {tuple(v.shape)}, {tuple(g.shape)}")
+    if mask is not None and (mask.shape != (B, T) or mask.dtype != torch.bool):
+        raise InputError(f"mask must be a bool tensor of shape ({B},{T}), got {mask.dtype} {tuple(mask.shape)}")
+    for name, x in (("q", q), ("v", v), ("g", g), ("keys", keys), ("values", values)):
+        if not x.is_floating_point():
+            raise InputError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        if x.device != q.device:
+            raise InputError(f"{name} is on {x.device} but q is on {q.device}")
+        _check_finite(name, x)
+    return n, k_dim
+
+
 def fwpkm_forward(
     q: Tensor,
     v: Tensor,
@@ -215,27 +243,8 @@ def fwpkm_forward(
     the reads v̂ before the gate mix and aux a dict of diagnostics and the read slots/weights.
     Inputs are never modified; outputs carry the autograd graph through every update.
     """
-    if q.dim() != 3 or v.dim() != 3 or g.dim() != 2:
-        raise InputError(f"expected q (B,T,H*k_dim), v (B,T,v_dim), g (B,T); got {tuple(q.shape)}, {tuple(v.shape)}, {tuple(g.shape)}")
-    B, T, qd = q.shape
-    if heads <= 0 or qd % heads or (qd // heads) % 2:
-        raise InputError(f"q width {qd} must be heads ({heads}) x an even k_dim")
-    k_dim = qd // heads
-    if keys.dim() != 2 or keys.shape[1] != k_dim // 2 or keys.shape[0] % (2 * heads):
-        raise InputError(f"keys must be (2*heads*n, k_dim/2) = (2*{heads}*n, {k_dim // 2}), got {tuple(keys.shape)}")
-    n = keys.shape[0] // (2 * heads)
-    if values.dim() != 2 or values.shape[0] != n * n:
-        raise InputError(f"values must be (n*n, v_dim) with n = {n}, got {tuple(values.shape)}")
-    if v.shape[:2] != (B, T) or g.shape != (B, T) or v.shape[2] != values.shape[1]:
-        raise InputError(f"v must be (B,T,v_dim) = ({B},{T},{values.shape[1]}) and g (B,T); got {tuple(v.shape)}, {tuple(g.shape)}")
-    if mask is not None and (mask.shape != (B, T) or mask.dtype != torch.bool):
-        raise InputError(f"mask must be a bool tensor of shape ({B},{T}), got {mask.dtype} {tuple(mask.shape)}")
-    for name, x in (("q", q), ("v", v), ("g", g), ("keys", keys), ("values", values)):
-        if not x.is_floating_point():
-            raise InputError(f"{name} must be a floating-point tensor, got {x.dtype}")
-        if x.device != q.device:
-            raise InputError(f"{name} is on {x.device} but q is on {q.device}")
-        _check_finite(name, x)
+    n, k_dim = _check_forward_inputs(q, v, g, keys, values, heads, mask)
+    B, T, _ = q.shape
     cfg = FwPKMConfig(
         n_subkeys=n, k_dim=k_dim, v_dim=values.shape[1], heads=heads, topk=topk, chunk_size=chunk_size,
         lookahead=lookahead, lr=lr, addr_weight=addr_weight, score=score, eps=eps, inner_grad=inner_grad,

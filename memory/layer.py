@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fwpkm_rag.errors import InputError
+from fwpkm_rag.errors import InputError, check_int
 from fwpkm_rag.memory.config import FwPKMConfig
 from fwpkm_rag.memory.core import StreamResult, flush_memory, stream_memory
 from fwpkm_rag.memory.state import MemoryState
@@ -60,8 +60,7 @@ class FwPKM(nn.Module):
         config = config or FwPKMConfig()
         if not isinstance(config, FwPKMConfig):
             raise TypeError(f"config must be a FwPKMConfig, got {type(config).__name__}")
-        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model <= 0:
-            raise InputError(f"d_model must be a positive int, got {d_model!r}")
+        d_model = check_int("d_model", d_model, 1, error=InputError)
         self.config, self.d_model = config, d_model
         width = config.heads * config.k_dim
         self.q_norm, self.v_norm, self.g_norm = (nn.RMSNorm(d_model, eps=1e-6) for _ in range(3))

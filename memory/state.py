@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from fwpkm_rag.errors import StateError, StateFormatError
+from fwpkm_rag.errors import StateError, StateFormatError, check_int
 from fwpkm_rag.memory.config import FwPKMConfig
 from fwpkm_rag.memory.values import SparseValues
 
@@ -68,8 +68,7 @@ class MemoryState:
         mode = mode or config.mode
         if mode not in ("isolated", "shared"):
             raise StateError(f"memory mode must be 'isolated' or 'shared', got {mode!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise StateError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = check_int("batch_size", batch_size, 1, error=StateError)
         groups = batch_size if mode == "isolated" else 1
         width = config.heads * config.k_dim
         f32 = dict(dtype=torch.float32, device=base_values.device)

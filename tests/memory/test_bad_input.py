@@ -120,3 +120,14 @@ def test_max_slot_norm_bounds_every_written_row():
     assert res.refused == 0
     rows = res.state.values.rows
     assert rows.shape[0] > 0 and rows.norm(dim=-1).max() <= 3.0
+
+
+def test_config_int_fields_refuse_bools_and_store_numpy_ints_as_int():
+    np = pytest.importorskip("numpy")
+    cfg = FwPKMConfig(n_subkeys=np.int64(8), k_dim=8, v_dim=8, topk=np.int32(4), chunk_size=5, seed=np.int64(3))
+    assert type(cfg.n_subkeys) is int and type(cfg.topk) is int and type(cfg.seed) is int
+    assert FwPKMConfig.from_json(cfg.to_json()) == cfg  # json would refuse a numpy int
+    with pytest.raises(ConfigError, match="FwPKMConfig.seed must be an int"):
+        cfg.replace(seed=False)
+    with pytest.raises(InputError, match="heads must be an int >= 1"):
+        fwpkm_forward(*fast_inputs(1, 4, 1, 6, 5, 4, requires_grad=False), chunk_size=3, topk=2, heads=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from fwpkm_rag.memory import FwPKMConfig
-from fwpkm_rag.model import FwPKMForCausalLM, FwPKMModelConfig
+from fwpkm_rag.modeling import FwPKMForCausalLM, FwPKMModelConfig
 
 VOCAB = 61
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fwpkm_rag.errors import ConfigError, InputError, StateError
-from fwpkm_rag.model import FwPKMModelConfig
+from fwpkm_rag.modeling import FwPKMModelConfig
 
 from model_helpers import VOCAB, tiny_model, tiny_model_config
 

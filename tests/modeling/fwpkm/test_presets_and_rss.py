@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from fwpkm_rag.model import FwPKMForCausalLM, FwPKMModelConfig
+from fwpkm_rag.modeling import FwPKMForCausalLM, FwPKMModelConfig
 from fwpkm_rag.model_bench import count_parameters, stream_tokens
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fwpkm_rag.errors import InputError
-from fwpkm_rag.model import FwPKMForCausalLM, FwPKMModelConfig
+from fwpkm_rag.modeling import FwPKMForCausalLM, FwPKMModelConfig
 
 from model_helpers import VOCAB, tiny_model
 

@@ -3,7 +3,7 @@ batched streams keep isolated memories, read_only freezes the memory, memory int
 import pytest
 import torch
 
-from fwpkm_rag.model import FwPKMCache
+from fwpkm_rag.modeling import FwPKMCache
 
 from model_helpers import VOCAB, assert_same_memory, tiny_model
 

@@ -7,7 +7,7 @@ them, and all rows of a memory group are averaged into one usage distribution pÌ
 
 Descending it spreads reads over the sub-keys. `addressing_key_grad` is dL_addr/dK written out, made only of
 differentiable first-order ops, so an outer loss can be back-propagated through the key update without a
-second-order autograd graph (the autograd oracle in core.py checks it).
+second-order autograd graph (tests hold it to memory/naive.py; memory/inner_autograd.py takes it by autograd).
 """
 from __future__ import annotations
 

@@ -85,12 +85,18 @@ def test_weighted_gather_forward_gradients_and_double_backward(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
-def test_gather_dot_matches_loop(dtype):
+def test_gather_dot_forward_and_gradients_match_loop(dtype):
     values, _, index, _, gen = _inputs(dtype)
-    x = torch.randn(index.shape[0], values.base.shape[1], generator=gen).to(dtype)
-    ref = reference_gather_dot(x.double(), values.base.double(), values.rows.double(), index)
+    leaves = [t.clone().requires_grad_() for t in (
+        torch.randn(index.shape[0], values.base.shape[1], generator=gen).to(dtype), values.base, values.rows)]
+    up = torch.randn(index.shape, generator=gen).to(dtype)
+    ref = reference_gather_dot(leaves[0], leaves[1], leaves[2], index)
+    ref_grads = torch.autograd.grad((ref * up).sum(), leaves)
     for name in BACKENDS:
-        _close(gather_dot(x, values.base, values.rows, index, backend=name), ref, dtype, name)
+        got = gather_dot(leaves[0], leaves[1], leaves[2], index, backend=name)
+        _close(got, ref, dtype, name)
+        for label, a, b in zip(["dx", "dbase", "dpool"], torch.autograd.grad((got * up).sum(), leaves), ref_grads):
+            _close(a, b, dtype, f"{name} {label}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)

@@ -6,37 +6,33 @@ import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fwpkm_rag.pipelines.demo import run_demo
+    from fwpkm_rag.demo import run_demo
 
     return run_demo(tokens=args.tokens, facts=args.facts, distractors=args.distractors, seed=args.seed,
                     baseline=not args.no_baseline, threads=args.threads)
 
 
 def _bench(args: argparse.Namespace) -> int:
+    # Benchmarks live in fwpkm_rag.benchmarks (the top-level benchmarks/ folder), imported only here.
     if args.suite == "load":
-        from fwpkm_rag.pipelines.bench_load import run_load_bench
+        from fwpkm_rag.benchmarks.load import run_load_bench
 
         return run_load_bench(out_dir=args.out, quick=args.quick, threads=args.threads, model_path=args.model)
     if args.suite == "memory":
-        from fwpkm_rag.pipelines.bench_memory import run_memory_bench
+        from fwpkm_rag.benchmarks.memory import run_memory_bench
 
         return run_memory_bench(out_dir=args.out, quick=args.quick, threads=args.threads)
     if args.suite == "ops":
-        from fwpkm_rag.pipelines.bench_ops import run_ops_bench
+        from fwpkm_rag.benchmarks.ops import run_ops_bench
 
         return run_ops_bench(out_dir=args.out, quick=args.quick, threads=args.threads)
     if args.suite == "niah":
-        from fwpkm_rag.pipelines.bench_niah import run_niah_bench
+        from fwpkm_rag.benchmarks.niah import run_niah_bench
 
-        model = None
-        if args.model:
-            from fwpkm_rag.modeling.model import FwPKMForCausalLM
-
-            model = FwPKMForCausalLM.from_pretrained(args.model).eval()
-        return run_niah_bench(model, out_dir=args.out, quick=args.quick, threads=args.threads, passes=args.passes,
-                              lengths=args.lengths)
+        return run_niah_bench(_load_model(args.model), out_dir=args.out, quick=args.quick, threads=args.threads,
+                              passes=args.passes, lengths=args.lengths)
     if args.suite in _SUITE_PARTS:
-        from fwpkm_rag.pipelines.bench_suite import run_suite
+        from fwpkm_rag.benchmarks.suite import run_suite
 
         parts = args.parts or _SUITE_PARTS[args.suite]
         run_suite(parts=parts, out_dir=args.out, quick=args.quick, scaling=args.scaling, threads=args.threads,

@@ -7,36 +7,33 @@ Parts (``parts=``; the CLI's ``bench answers|capacity|cost`` run one part each):
   chunks. The question in the fact's own wording ("exact") and its paraphrase are scored separately.
 * ``answers``  — exact-match answers: generation from FwPKM memory vs SmolLM2 reading each retriever's top
   chunks at an equal token budget, the memory-frozen ablation, an oracle and a closed-book floor
-  (pipelines/bench_answers.py).
-* ``capacity`` — facts stored vs recall relative to N/k: the bare memory curve of ``bench_memory.capacity_recall``
+  (benchmarks/answers.py).
+* ``capacity`` — facts stored vs recall relative to N/k: the bare memory curve of ``benchmarks.memory.capacity_recall``
   at the model's own FwPKM config, and retrieval hit@1 when F near-duplicate facts (one template, differing in
   key and value) are each one chunk.
 * ``paraphrase`` — recall@1/@5 of the gold chunk when the question shares no content word with its fact
   (synonyms, definitions, reordered clauses) and trap sentences reuse the question's words
-  (pipelines/bench_paraphrase.py; writes paraphrase.json/.md/.png besides the suite's files).
+  (benchmarks/paraphrase.py; writes paraphrase.json/.md/.png besides the suite's files).
 * ``cost``     — ingest tokens/s, query latency p50/p95 (query encoding included), resident index bytes
   (documents excluded for every system) vs corpus size, model load times, and the crossover corpus size where
   FwPKM's index becomes smaller than FAISS flat's. Each cost corpus holds many needles, so FwPKM's hit@5 is
   measured at every size as well.
 
 Outputs in ``out_dir``: suite.json (every row + metadata), suite.md (tables; a baseline that wins is named),
-and PNGs (pipelines/bench_plots.py). Everything is measured in one process, one machine, one run.
+and PNGs (benchmarks/plots.py). Everything is measured in one process, one machine, one run.
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import random
-import statistics
-import subprocess
 import sys
 import time
 from typing import Optional, Sequence
 
-from fwpkm_rag.pipelines.bench_paraphrase import DEFAULTS_FULL as _PARA_FULL
-from fwpkm_rag.pipelines.bench_paraphrase import DEFAULTS_QUICK as _PARA_QUICK
-from fwpkm_rag.pipelines.bench_systems import DEFAULT_SYSTEMS, FWPKM, SystemSet, close_all, load_model
+from fwpkm_rag.benchmarks import paraphrase
+from fwpkm_rag.benchmarks.common import (checkpoint_fingerprint, commit, klabel, machine, mean, percent, quantile,
+                                         rank_of, write_json, write_text)
+from fwpkm_rag.benchmarks.systems import DEFAULT_SYSTEMS, FWPKM, SystemSet, close_all, load_model_described
 
 PARTS = ("needles", "answers", "capacity", "paraphrase", "cost")
 
@@ -55,7 +52,7 @@ FULL = dict(
     inmemory_max_chunks=128,  # InMemoryVectorStore re-embeds; its ranking equals FAISS flat's (exact cosine)
     scaling_depths=(0.5,),
     scaling_distractors=(16, 64),
-    **_PARA_FULL,
+    **paraphrase.DEFAULTS_FULL,
 )
 QUICK = dict(
     lengths=(1024, 4096, 8192),
@@ -72,82 +69,14 @@ QUICK = dict(
     inmemory_max_chunks=64,
     scaling_depths=(0.5,),
     scaling_distractors=(16,),
-    **_PARA_QUICK,
+    **paraphrase.DEFAULTS_QUICK,
 )
 SCALING_LENGTH = 1_048_576
-
-
-def _pct(xs) -> str:
-    xs = list(xs)
-    return f"{100 * sum(xs) / len(xs):.0f}%" if xs else "–"
-
-
-def _mean(xs) -> Optional[float]:
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else None
-
-
-def _quantile(xs: Sequence[float], q: float) -> float:
-    xs = sorted(xs)
-    if len(xs) == 1:
-        return xs[0]
-    return statistics.quantiles(xs, n=100, method="inclusive")[int(round(q * 100)) - 1]
-
-
-def _commit() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        sha = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        return sha + (" + uncommitted changes" if dirty else "") if sha else "unknown"
-    except Exception:  # pragma: no cover - no git
-        return "unknown"
-
-
-def _fingerprint(model_path: Optional[str]) -> str:
-    """sha256 prefix and time of the checkpoint file: the shipped model is retrained in place, so a result must
-    name the exact weights it ran with."""
-    import hashlib
-
-    from fwpkm_rag.default_model import DEFAULT_MODEL_DIR
-
-    path = os.path.join(model_path or DEFAULT_MODEL_DIR, "model.safetensors")
-    if not os.path.exists(path):
-        return ""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(path)))
-    return f"; model.safetensors sha256 {h.hexdigest()[:12]}, written {stamp}"
-
-
-def _machine(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} cores (load average {load:.2f} at start), torch threads {threads}"
 
 
 # ----------------------------------------------------------------------------------------------------------
 # needle retrieval
 # ----------------------------------------------------------------------------------------------------------
-def _rank_of(hits: list[int], gold: set[int]) -> Optional[int]:
-    for r, i in enumerate(hits, 1):
-        if i in gold:
-            return r
-    return None
-
-
 def _seed(L: int, d: float, nd: int, r: int) -> int:
     return 7_000_003 + 10_007 * (L % 999_983) + 101 * int(round(100 * d)) + 13 * nd + r
 
@@ -173,7 +102,7 @@ def run_needles(sset: SystemSet, cfg: dict, chunk_size: int, k: int, log) -> lis
                 t0 = time.perf_counter()
                 hits = [i for i, _ in b.system.search(q, k)]
                 ms = 1000 * (time.perf_counter() - t0)
-                rank = _rank_of(hits, gold)
+                rank = rank_of(hits, gold)
                 rows.append(dict(length_req=L, length=item.length, depth=d, actual_depth=item.actual_depth,
                                  distractors=nd, rep=r, template=item.template, n_chunks=len(ch.chunks),
                                  system=name, task=task, rank=rank, hit1=rank == 1, hit5=rank is not None and rank <= 5,
@@ -200,7 +129,7 @@ def needles_tables(rows: list[dict], systems: list[str]) -> str:
         title = ("question in the fact's own wording" if task == "exact"
                  else "PARAPHRASED question (shares only the key with the fact)")
         out.append(f"\n#### Needle retrieval, {title}: hit@5 (hit@1) of the gold chunk, mean over depths\n")
-        out.append("| system | distractors | " + " | ".join(_klabel(L) for L in lengths) + " | all |")
+        out.append("| system | distractors | " + " | ".join(klabel(L) for L in lengths) + " | all |")
         out.append("|---|---:|" + "---:|" * (len(lengths) + 1))
         for nd in dists:
             for s in systems:
@@ -208,9 +137,9 @@ def needles_tables(rows: list[dict], systems: list[str]) -> str:
                 for L in lengths:
                     sel = [r for r in rows if r["task"] == task and r["system"] == s and r["distractors"] == nd
                            and r["length_req"] == L]
-                    cells.append(f"{_pct(r['hit5'] for r in sel)} ({_pct(r['hit1'] for r in sel)})" if sel else "–")
+                    cells.append(f"{percent(r['hit5'] for r in sel)} ({percent(r['hit1'] for r in sel)})" if sel else "–")
                 sel = [r for r in rows if r["task"] == task and r["system"] == s and r["distractors"] == nd]
-                cells.append(f"{_pct(r['hit5'] for r in sel)} ({_pct(r['hit1'] for r in sel)})" if sel else "–")
+                cells.append(f"{percent(r['hit5'] for r in sel)} ({percent(r['hit1'] for r in sel)})" if sel else "–")
                 out.append(f"| {s} | {nd} | " + " | ".join(cells) + " |")
         out.append("")
         out.append(_winners(rows, task, systems))
@@ -223,7 +152,7 @@ def _winners(rows, task, systems) -> str:
     for s in systems:
         sel = [r for r in rows if r["task"] == task and r["system"] == s]
         if sel:
-            scores[s] = (_mean(r["hit5"] for r in sel), _mean(r["hit1"] for r in sel))
+            scores[s] = (mean(r["hit5"] for r in sel), mean(r["hit1"] for r in sel))
     if not scores:
         return ""
     best5 = max(v[0] for v in scores.values())
@@ -253,19 +182,13 @@ def needle_targets(rows) -> str:
         if not a or not b:
             continue
         any_row = True
-        ok = _mean(a) >= _mean(b)
+        ok = mean(a) >= mean(b)
         ok_all &= ok
-        lines.append(f"| {_klabel(L)} | {_pct(a)} (n={len(a)}) | {_pct(b)} (n={len(b)}) | {'yes' if ok else '**no**'} |")
+        lines.append(f"| {klabel(L)} | {percent(a)} (n={len(a)}) | {percent(b)} (n={len(b)}) | {'yes' if ok else '**no**'} |")
     if not any_row:
         return ""
     lines.append(f"\nTarget (FwPKM ≥ FAISS flat at every length, ≥ 16 distractors): {'met' if ok_all else '**not met**'}.")
     return "\n".join(lines)
-
-
-def _klabel(L: int) -> str:
-    if L >= 1_000_000:
-        return f"{L / 1_048_576:.0f}M" if L % 1_048_576 == 0 else f"{L / 1e6:.1f}M"
-    return f"{L // 1024}K" if L % 1024 == 0 else f"{L / 1000:.0f}K"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -273,7 +196,7 @@ def _klabel(L: int) -> str:
 # ----------------------------------------------------------------------------------------------------------
 def run_answers(sset: SystemSet, model, cfg: dict, chunk_size: int, budget: int, use_reader: bool, log) -> dict:
     from fwpkm_rag.data.needles import chunk_item, make_item
-    from fwpkm_rag.pipelines.bench_answers import READER_SYSTEMS, Reader, answer_item, reader_status
+    from fwpkm_rag.benchmarks.answers import READER_SYSTEMS, Reader, answer_item, reader_status
 
     reader, reader_note, reader_load = None, None, None
     if use_reader:
@@ -307,14 +230,14 @@ def answers_table(ans: dict) -> str:
     buckets = sorted({_bucket(r["length"]) for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
     out = [f"\n#### Needle answering: exact match (context budget for the reader: {ans['budget_tokens']} tokens)\n",
-           "| method | " + " | ".join(_klabel(b) for b in buckets) + " | all | gold chunk in context |",
+           "| method | " + " | ".join(klabel(b) for b in buckets) + " | all | gold chunk in context |",
            "|---|" + "---:|" * (len(buckets) + 2)]
     for m in methods:
         sel = [r for r in rows if r["method"] == m]
-        cells = [_pct(r["correct"] for r in sel if _bucket(r["length"]) == b) for b in buckets]
+        cells = [percent(r["correct"] for r in sel if _bucket(r["length"]) == b) for b in buckets]
         gic = [r["gold_in_context"] for r in sel if r["gold_in_context"] is not None]
-        out.append(f"| {m} | " + " | ".join(cells) + f" | {_pct(r['correct'] for r in sel)} | "
-                   f"{_pct(gic) if gic else '–'} |")
+        out.append(f"| {m} | " + " | ".join(cells) + f" | {percent(r['correct'] for r in sel)} | "
+                   f"{percent(gic) if gic else '–'} |")
     if ans.get("reader_note"):
         out.append(f"\nReader NOT run: {ans['reader_note']}.")
     return "\n".join(out)
@@ -332,7 +255,7 @@ def _bucket(length: int) -> int:
 # ----------------------------------------------------------------------------------------------------------
 def run_capacity(sset: SystemSet, model, cfg: dict, log) -> dict:
     from fwpkm_rag.data.needles import make_facts
-    from fwpkm_rag.pipelines.bench_memory import capacity_recall
+    from fwpkm_rag.benchmarks.memory import capacity_recall
 
     fcfg = model.config.fwpkm_config
     nk = fcfg.n_slots // fcfg.topk
@@ -367,7 +290,7 @@ def capacity_table(cap: dict) -> str:
         return ""
     nk = cap["n_over_k"]
     out = [f"\n#### Capacity (the model's memory: N = {cap['n_slots']:,} slots, top-{cap['topk']}, N/k = {nk:,})\n",
-           "Bare memory (`bench_memory.capacity_recall`, synthetic keys → values, one pass):\n",
+           "Bare memory (`benchmarks.memory.capacity_recall`, synthetic keys → values, one pass):\n",
            "| facts | × N/k | recall (nearest value is own) | cosine ≥ 0.9 |", "|---:|---:|---:|---:|"]
     out += [f"| {b['facts']:,} | {b['load']:.3g} | {100 * b['recall']:.1f}% | {100 * b['clean']:.1f}% |"
             for b in cap["bare"]]
@@ -418,7 +341,7 @@ def run_cost(sset: SystemSet, cfg: dict, chunk_size: int, k: int, log) -> list[d
                 hits.append(bool(gold & {i for i, _ in res}))
             rows.append(dict(system=name, tokens=item.length, size_req=size, chunks=len(ch.chunks),
                              ingest_s=b.ingest_s, ingest_tok_s=item.length / b.ingest_s, nbytes=int(b.system.nbytes()),
-                             p50_ms=_quantile(lat, 0.5), p95_ms=_quantile(lat, 0.95), queries=len(lat),
+                             p50_ms=quantile(lat, 0.5), p95_ms=quantile(lat, 0.95), queries=len(lat),
                              needle_hit5=sum(hits) / len(hits)))
         close_all(built)
         log(f"cost {size:,} tokens ({len(ch.chunks)} chunks, corpus made in {gen_s:.1f} s): " + ", ".join(
@@ -522,8 +445,8 @@ BACKBONE_SYSTEMS = {"fwpkm-smollm2": "smollm2"}
 def backbone_system(name: str, chunk_size: int):
     """A SystemSet factory for FwPKM attached to the named offline backbone (untrained FwPKM weights,
     calibrated; the defaults of AttachedFwPKMModel.from_backbone)."""
-    from fwpkm_rag.modeling.attached import AttachedFwPKMModel
-    from fwpkm_rag.pipelines.bench_systems import fwpkm_factory
+    from fwpkm_rag import AttachedFwPKMModel
+    from fwpkm_rag.benchmarks.systems import fwpkm_factory
 
     return fwpkm_factory(AttachedFwPKMModel.from_backbone(BACKBONE_SYSTEMS[name]), chunk_size)
 
@@ -536,7 +459,7 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
     """Run the chosen parts; write suite.json, suite.md and plots to out_dir; return the results dict.
 
     ``extra_systems`` adds systems by name: {name: factory returning a fresh empty system}, e.g.
-    ``{"fwpkm-smollm2": bench_systems.fwpkm_factory(model, chunk_size)}`` (see ``SystemSet.extra``)."""
+    ``{"fwpkm-smollm2": systems.fwpkm_factory(model, chunk_size)}`` (see ``SystemSet.extra``)."""
     import torch
 
     wall0 = time.perf_counter()
@@ -559,13 +482,13 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
 
     loads: dict = {}
     if model is None:
-        model, model_desc, loads["FwPKM model load"] = load_model(model_path)
-        model_desc += _fingerprint(model_path)
+        model, model_desc, loads["FwPKM model load"] = load_model_described(model_path)
+        model_desc += checkpoint_fingerprint(model_path)
     else:
         model_desc = getattr(model.config, "_name_or_path", "") or "model passed in"
     n_params = sum(p.numel() for p in model.parameters())
     if any(s.startswith("minilm") for s in (systems or DEFAULT_SYSTEMS)):
-        from fwpkm_rag.pipelines.baselines import MiniLMEncoder
+        from fwpkm_rag.benchmarks.baselines import MiniLMEncoder
 
         t0 = time.perf_counter()
         MiniLMEncoder.shared()
@@ -579,7 +502,7 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
     sset = SystemSet(systems or DEFAULT_SYSTEMS, model=model, chunk_size=chunk_size, inmemory_max_chunks=cfg["inmemory_max_chunks"],
                      encoder=None, extra=extra_systems)
     log(f"systems: {sset.names} (skipped: {sset.skipped}); model: {model_desc}")
-    res: dict = dict(meta=dict(machine=_machine(threads), commit=_commit(), python=sys.version.split()[0],
+    res: dict = dict(meta=dict(machine=machine(threads), commit=commit(), python=sys.version.split()[0],
                                torch=torch.__version__, quick=quick, scaling=scaling, parts=list(parts),
                                chunk_size=chunk_size, k=k, model=model_desc, model_parameters=n_params,
                                systems=sset.names, skipped=sset.skipped, config={k_: list(v) if isinstance(v, tuple) else v
@@ -589,8 +512,7 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
 
     def save_partial() -> None:  # a crash late in a long run must not lose the parts already measured
         res["meta"]["part_wall_s"] = part_s
-        with open(os.path.join(out_dir, "suite.partial.json"), "w") as fh:
-            json.dump(res, fh, indent=1, default=str)
+        write_json(out_dir, "suite.partial.json", res, indent=1)
 
     if "needles" in parts:
         t0 = time.perf_counter()
@@ -610,12 +532,10 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
         part_s["capacity"] = time.perf_counter() - t0
         save_partial()
     if "paraphrase" in parts:
-        from fwpkm_rag.pipelines.bench_paraphrase import run_paraphrase, write_outputs
-
         t0 = time.perf_counter()
-        res["paraphrase"] = run_paraphrase(sset, cfg, k, log)
+        res["paraphrase"] = paraphrase.run_paraphrase(sset, cfg, k, log)
         part_s["paraphrase"] = time.perf_counter() - t0
-        for p in write_outputs(res["paraphrase"], res["meta"], out_dir, plots=plots):
+        for p in paraphrase.write_outputs(res["paraphrase"], res["meta"], out_dir, plots=plots):
             log(f"paraphrase: {p}")
         save_partial()
     if "cost" in parts:
@@ -627,16 +547,14 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
     res["meta"]["load_s"] = loads
     res["meta"]["part_wall_s"] = part_s
     res["meta"]["wall_s"] = time.perf_counter() - wall0
-    with open(os.path.join(out_dir, "suite.json"), "w") as fh:
-        json.dump(res, fh, indent=1, default=str)
+    write_json(out_dir, "suite.json", res, indent=1)
     if os.path.exists(os.path.join(out_dir, "suite.partial.json")):
         os.remove(os.path.join(out_dir, "suite.partial.json"))
     md = report(res)
-    with open(os.path.join(out_dir, "suite.md"), "w") as fh:
-        fh.write(md + "\n")
+    write_text(out_dir, "suite.md", md)
     print(md)
     if plots:
-        from fwpkm_rag.pipelines.bench_plots import plot_all
+        from fwpkm_rag.benchmarks.plots import plot_all
 
         for p in plot_all(res, out_dir):
             log(f"plot: {p}")
@@ -666,9 +584,7 @@ def report(res: dict) -> str:
     if res.get("capacity"):
         parts.append(capacity_table(res["capacity"]))
     if res.get("paraphrase"):
-        from fwpkm_rag.pipelines.bench_paraphrase import paraphrase_table
-
-        parts.append(paraphrase_table(res["paraphrase"], systems))
+        parts.append(paraphrase.paraphrase_table(res["paraphrase"], systems))
     if res.get("cost"):
         parts.append(cost_tables(res["cost"], m["load_s"]))
     return "\n".join(p for p in parts if p)

@@ -1,22 +1,12 @@
-"""PNG plots of the retrieval benchmark suite (pipelines/bench_suite.py); skipped without matplotlib."""
+"""PNG plots of the retrieval benchmark suite (benchmarks/suite.py); skipped without matplotlib.
+
+Re-draw the plots of a finished run: ``python -m fwpkm_rag.benchmarks.plots suite.json [out_dir]``.
+"""
 from __future__ import annotations
 
 import os
 
-# FwPKM is drawn last and on top: where systems tie, lines overlap and the one under would vanish
-STYLE = {"fwpkm": dict(color="tab:red", lw=2.4, zorder=5, marker="s"), "bm25": dict(color="tab:blue", lw=3.5, alpha=0.6),
-         "minilm-faiss-flat": dict(color="tab:green"), "minilm-faiss-hnsw": dict(color="tab:olive", ls=":"),
-         "minilm-inmemory": dict(color="tab:cyan", ls="--"), "minilm-chroma": dict(color="tab:purple", ls="-.")}
-
-
-def _style(s):
-    return STYLE.get(s, {})
-
-
-def _mean(xs):
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else float("nan")
-
+from fwpkm_rag.benchmarks.common import klabel, mean, style
 
 def plot_all(res: dict, out_dir: str) -> list[str]:
     from fwpkm_rag.plotting import pyplot
@@ -54,13 +44,13 @@ def plot_hit_vs_length(plt, res, path):
                            and r["length_req"] == L]
                     if sel:
                         xs.append(L)
-                        ys.append(100 * _mean(sel))
+                        ys.append(100 * mean(sel, float("nan")))
                 if xs:
                     st = dict(marker="o", ms=3)
-                    st.update(_style(s))
+                    st.update(style(s))
                     ax.plot(xs, ys, label=s, **st)
             ax.set_xscale("log", base=2)
-            ax.set_xticks(lengths, [_k(L) for L in lengths], fontsize=7)
+            ax.set_xticks(lengths, [klabel(L) for L in lengths], fontsize=7)
             ax.minorticks_off()
             ax.set_ylim(-5, 105)
             ax.set_title(f"{task} question, {nd} distractors", fontsize=9)
@@ -97,9 +87,9 @@ def plot_heatmaps(plt, res, path):
                     sel = [r["hit5"] for r in rows if r["system"] == s and r["task"] == task and r["depth"] == d
                            and r["length_req"] == L]
                     if sel:
-                        grid[a, b] = 100 * _mean(sel)
+                        grid[a, b] = 100 * mean(sel, float("nan"))
             im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
-            ax.set_xticks(range(len(lengths)), [_k(L) for L in lengths], fontsize=6)
+            ax.set_xticks(range(len(lengths)), [klabel(L) for L in lengths], fontsize=6)
             ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=7)
             for a in range(len(depths)):
                 for b in range(len(lengths)):
@@ -124,11 +114,11 @@ def plot_cost(plt, res, key, ylabel, path):
         xs = [r["tokens"] for r in sel]
         if key == "nbytes":
             st = dict(marker="o")
-            st.update(_style(s))
+            st.update(style(s))
             ax.plot(xs, [r["nbytes"] / 2**20 for r in sel], label=s, **st)
         else:
             st = dict(marker="o")
-            st.update(_style(s))
+            st.update(style(s))
             ax.plot(xs, [r["p50_ms"] for r in sel], label=f"{s} p50", **st)
             ax.plot(xs, [r["p95_ms"] for r in sel], marker="x", alpha=0.5, color=st.get("color"), ls=":")
     ax.set_xscale("log")
@@ -156,7 +146,7 @@ def plot_capacity(plt, res, path):
     for s in dict.fromkeys(r["system"] for r in cap["retrieval"]):
         sel = [r for r in cap["retrieval"] if r["system"] == s]
         st = dict(marker="o")
-        st.update(_style(s))
+        st.update(style(s))
         ax.plot([r["load"] for r in sel], [100 * r["hit1"] for r in sel], label=f"{s}: hit@1", **st)
     ax.axvline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log", base=2)
@@ -171,11 +161,7 @@ def plot_capacity(plt, res, path):
     return path
 
 
-def _k(L):
-    return f"{L // 1024}K" if L < 1_000_000 else f"{L / 1_048_576:.0f}M"
-
-
-if __name__ == "__main__":  # re-draw the plots of a finished run: python -m fwpkm_rag.pipelines.bench_plots suite.json [out]
+if __name__ == "__main__":  # re-draw the plots of a finished run (see the module docstring)
     import json
     import sys
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fwpkm_rag.benchmarks.common import commit, machine, write_json, write_text
 from fwpkm_rag.memory import FwPKM, FwPKMConfig, MemoryState, initial_fast_weights, stream_memory, zscore
 from fwpkm_rag.memory.core import flush_memory
 
@@ -105,9 +106,7 @@ PAPER = dict(d_model=768, config=FwPKMConfig())  # the spec's defaults: n 512, k
 
 def run_memory_bench(out_dir: str = "results", quick: bool = False, threads: int = 2) -> int:
     """`fwpkm-rag bench memory`: capacity curve and per-token cost; JSON, markdown and a PNG in out_dir."""
-    import json
     import os
-    import platform
 
     from tqdm import tqdm
 
@@ -131,10 +130,8 @@ def run_memory_bench(out_dir: str = "results", quick: bool = False, threads: int
             t = layer_timing(spec["d_model"], spec["config"], tokens=tokens, train=train, label=name,
                              repeats=1 if quick else 3)
             timing.append(dict(config=name, mode=t.mode, tokens=t.tokens, seconds=t.seconds, us_per_token=t.us_per_token))
-    meta = dict(machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", threads=threads,
-                torch=torch.__version__, quick=quick)
-    with open(os.path.join(out_dir, "memory_bench.json"), "w") as fh:
-        json.dump(dict(meta=meta, capacity=capacity, timing=timing), fh, indent=2)
+    meta = dict(machine=machine(threads), commit=commit(), threads=threads, torch=torch.__version__, quick=quick)
+    write_json(out_dir, "memory_bench.json", dict(meta=meta, capacity=capacity, timing=timing))
     lines = [f"capacity (n={cfg.n_subkeys}: N={cfg.n_slots:,} slots, k={cfg.topk}, N/k={capacity_n:,})",
              "| facts | x N/k | passes | recall (nearest value is own) | cosine >= 0.9 | mean cosine |",
              "|---:|---:|---:|---:|---:|---:|"]
@@ -146,8 +143,7 @@ def run_memory_bench(out_dir: str = "results", quick: bool = False, threads: int
     lines += [f"| {t['config']} | {t['mode']} | {t['tokens']:,} | {t['us_per_token']:.1f} | {1e6 / t['us_per_token']:,.0f} |"
               for t in timing]
     table = "\n".join(lines)
-    with open(os.path.join(out_dir, "memory_bench.md"), "w") as fh:
-        fh.write(table + "\n")
+    write_text(out_dir, "memory_bench.md", table)
     print(table)
     _plot_capacity(capacity, capacity_n, os.path.join(out_dir, "memory_capacity.png"))
     return 0

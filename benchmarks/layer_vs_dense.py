@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fwpkm_rag.benchmarks.common import measure
 from fwpkm_rag.memory import FwPKM, FwPKMConfig
 
 
@@ -41,8 +42,6 @@ class DenseBlock(nn.Module):
 def layer_vs_dense(d_model: int, cfg: FwPKMConfig, lengths: tuple, device: torch.device, *, repeats: int = 3,
                    dtype: torch.dtype = torch.float32) -> list[dict]:
     """Tokens/s of the FwPKM sub-block and of a dense block, inference and fwd+bwd, at each length."""
-    from fwpkm_rag.pipelines.bench_ops import _measure  # (bench_ops imports this module: import on use)
-
     torch.manual_seed(0)
     fwpkm = FwPKM(d_model, cfg).to(device=device, dtype=dtype)
     dense = DenseBlock(d_model).to(device=device, dtype=dtype)
@@ -67,7 +66,7 @@ def layer_vs_dense(d_model: int, cfg: FwPKMConfig, lengths: tuple, device: torch
 
         for mode, (f_fn, d_fn) in (("inference", (fwpkm_inf, dense_inf)), ("fwd+bwd", (fwpkm_fb, dense_fb))):
             # interleaved medians, as for the ops: a load change on a shared machine hits both sides alike
-            (t_f, peak_f), (t_d, peak_d) = _measure([f_fn, d_fn], repeats, device)
+            (t_f, peak_f), (t_d, peak_d) = measure([f_fn, d_fn], repeats, device)
             rows.append(dict(tokens=T, mode=mode, fwpkm_tokens_per_s=T / t_f, dense_tokens_per_s=T / t_d,
                              fwpkm_over_dense=t_d / t_f, fwpkm_peak_bytes=peak_f, dense_peak_bytes=peak_d))
             print(f"layer vs dense  T={T:>6}  {mode:9s}  fwpkm {T / t_f:>10,.0f} tok/s  dense {T / t_d:>10,.0f} "

@@ -14,23 +14,20 @@ nominal HBM peak of known cards is printed beside it) and reports the gather's a
 a fraction of both. Triton numbers need a GPU: on CPU the triton backend only runs under the interpreter (a
 correctness tool, not a speed one), so they are reported as pending.
 
-It ends with the FwPKM sub-block against a same-width dense attention + MLP block (bench_layer_vs_dense.py).
+It ends with the FwPKM sub-block against a same-width dense attention + MLP block (benchmarks/layer_vs_dense.py).
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
+from fwpkm_rag.benchmarks import layer_vs_dense
+from fwpkm_rag.benchmarks.common import commit, machine, measure, write_json, write_text
 from fwpkm_rag.kernels import product_key_topk, read_weights, row_update, use_backend, weighted_gather
 from fwpkm_rag.memory import FwPKMConfig, SparseValues, initial_fast_weights, memory_chunk
-from fwpkm_rag.pipelines import bench_layer_vs_dense
 
 SMALL = dict(name="small", d_model=256, config=FwPKMConfig(n_subkeys=128, k_dim=128, v_dim=128, topk=8, chunk_size=128))
 PAPER = dict(name="paper", d_model=768, config=FwPKMConfig())
@@ -89,66 +86,6 @@ def naive_chunk(q, v, g, keys, values: SparseValues, cfg: FwPKMConfig):
 
 # -------------------------------------------------------------------------------------------- measurement
 
-def _peak_rss_reset() -> Optional[int]:
-    """Hand freed heap back to the OS (glibc malloc_trim), reset the kernel's peak-RSS mark (Linux
-    clear_refs 5) and return the current RSS in bytes: the peak above it is what the next call allocates."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _status("VmRSS")
-    except OSError:
-        return None
-
-
-def _status(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak(fn: Callable[[], object], device: torch.device) -> Optional[int]:
-    """Peak memory growth of one call of fn, in bytes (CUDA: max_memory_allocated above the start; CPU: peak
-    RSS above the start, via /proc, after handing freed heap back to the OS)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start_mem = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - start_mem
-    start_mem = _peak_rss_reset()
-    fn()
-    hwm = _status("VmHWM")
-    return None if start_mem is None or hwm is None else max(0, hwm - start_mem)
-
-
-def _measure(fns: list, repeats: int, device: torch.device) -> list:
-    """(median seconds, peak bytes) per function. The functions run interleaved (a, b, a, b, ...) after one
-    warm-up each, so a load change on this shared machine hits the fast op and its baseline alike."""
-    times = [[] for _ in fns]
-    for fn in fns:
-        fn()
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[i].append(time.perf_counter() - t0)
-    return [(statistics.median(t), _peak(fn, device)) for t, fn in zip(times, fns)]
-
-
 def gather_bandwidth(n_rows: int, v_dim: int, *, entries: int = 1 << 18, repeats: int = 5) -> float:
     """Bytes/s of gathering rows of v_dim fp32 at random from an (n_rows, v_dim) table (best of two ways:
     index_select into a preallocated buffer, and a fused embedding_bag sum of 8 rows per output)."""
@@ -157,7 +94,7 @@ def gather_bandwidth(n_rows: int, v_dim: int, *, entries: int = 1 << 18, repeats
     idx = torch.randint(0, n_rows, (entries,), generator=gen)
     out = torch.empty(entries, v_dim)
     bag_idx = idx.view(-1, 8)
-    (t_sel, _), (t_bag, _) = _measure([lambda: torch.index_select(table, 0, idx, out=out),
+    (t_sel, _), (t_bag, _) = measure([lambda: torch.index_select(table, 0, idx, out=out),
                                        lambda: torch.nn.functional.embedding_bag(bag_idx, table, mode="sum")],
                                       repeats, table.device)
     return entries * v_dim * 4 / min(t_sel, t_bag)
@@ -177,7 +114,7 @@ def copy_bandwidth(device: torch.device, n_bytes: int = 1 << 30, repeats: int = 
     """Bytes/s moved (read + write) by a device-to-device copy of n_bytes: the achievable HBM peak."""
     src = torch.empty(n_bytes // 4, device=device)
     dst = torch.empty_like(src)
-    (t, _), = _measure([lambda: dst.copy_(src)], repeats, device)
+    (t, _), = measure([lambda: dst.copy_(src)], repeats, device)
     return 2 * n_bytes / t
 
 
@@ -356,7 +293,7 @@ def run_ops_bench(out_dir: str = "results", quick: bool = False, threads: int = 
             cases, info = _cases(spec, batch, device, backend)
             for case in cases:
                 problem = case.check()
-                (t_fast, mem_fast), (t_base, mem_base) = _measure([case.fast, case.base], repeats, device)
+                (t_fast, mem_fast), (t_base, mem_base) = measure([case.fast, case.base], repeats, device)
                 row = dict(config=spec["name"], backend=backend, op=case.op, mode=case.mode, tokens=case.tokens,
                            seconds=t_fast, tokens_per_s=case.tokens / t_fast, peak_bytes=mem_fast,
                            baseline_seconds=t_base, baseline_tokens_per_s=case.tokens / t_base,
@@ -381,19 +318,17 @@ def run_ops_bench(out_dir: str = "results", quick: bool = False, threads: int = 
     # CPU at the small width and 4K (1K quick), because 32K tokens of full attention take minutes there.
     dense_spec = PAPER if device.type == "cuda" else SMALL
     dense_lengths = (4096, 32768) if device.type == "cuda" else ((1024,) if quick else (4096,))
-    dense_rows = bench_layer_vs_dense.layer_vs_dense(dense_spec["d_model"], dense_spec["config"], dense_lengths,
+    dense_rows = layer_vs_dense.layer_vs_dense(dense_spec["d_model"], dense_spec["config"], dense_lengths,
                                                      device, repeats=repeats if device.type == "cuda" else 3)
     if device.type == "cpu":
         notes.append("triton backend: needs a GPU (TRITON_INTERPRET=1 on CPU is a correctness tool): GPU numbers pending")
-    meta = dict(machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", device=str(device),
-                threads=threads, torch=torch.__version__, quick=quick, repeats=repeats, batch=1,
-                gather_bandwidth_bytes_per_s=bandwidth, hbm=hbm, notes=notes)
-    with open(os.path.join(out_dir, "ops_bench.json"), "w") as fh:
-        json.dump(dict(meta=meta, rows=rows, layer_vs_dense=dense_rows), fh, indent=2)
-    table = markdown(rows, bandwidth, threads, hbm) + "\n\n" + bench_layer_vs_dense.markdown(
+    meta = dict(machine=machine(threads), commit=commit(), device=str(device), threads=threads,
+                torch=torch.__version__, quick=quick, repeats=repeats, batch=1, gather_bandwidth_bytes_per_s=bandwidth,
+                hbm=hbm, notes=notes)
+    write_json(out_dir, "ops_bench.json", dict(meta=meta, rows=rows, layer_vs_dense=dense_rows))
+    table = markdown(rows, bandwidth, threads, hbm) + "\n\n" + layer_vs_dense.markdown(
         dense_rows, dense_spec["d_model"], dense_spec["name"])
-    with open(os.path.join(out_dir, "ops_bench.md"), "w") as fh:
-        fh.write(table + "\n")
+    write_text(out_dir, "ops_bench.md", table)
     print(table)
     for note in notes:
         print(note)

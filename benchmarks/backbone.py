@@ -1,15 +1,15 @@
 """Measure the attached backbone (docs/backbone.md): load time, ingest tokens/s of the full vs the truncated
 (memory-only) forward, and needle retrieval per FwPKM layer choice (exact and paraphrased questions).
 
-    python -m fwpkm_rag.backbone_bench --threads 1 --layers 1 3 1,3 --items 6 --length 8192 --distractors 16
+    python -m fwpkm_rag.benchmarks.backbone --threads 1 --layers 1 3 1,3 --items 6 --length 8192 --distractors 16
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
+
+from fwpkm_rag.benchmarks.common import commit, machine
 
 
 def _throughput(model, ids, memory_only: bool, piece: int = 512) -> float:
@@ -25,7 +25,7 @@ def _throughput(model, ids, memory_only: bool, piece: int = 512) -> float:
 
 def _retrieval(model, items, chunk_tokens: int, k: int = 5) -> dict:
     from fwpkm_rag.pipelines import FwPKMStore
-    from fwpkm_rag.pipelines.ingest import chunk_spans
+    from fwpkm_rag.pipelines.chunking import chunk_spans
 
     tok = model.get_tokenizer()
     hits = {"question": 0, "paraphrase": 0}
@@ -62,16 +62,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    from fwpkm_rag import backbone
+    from fwpkm_rag import AttachedFwPKMModel, attach_fwpkm, backbone, detach_fwpkm
     from fwpkm_rag.data.corpora import haystack
     from fwpkm_rag.data.needles import make_item
-    from fwpkm_rag.modeling.attach import attach_fwpkm, detach_fwpkm
-    from fwpkm_rag.modeling.attached import AttachedFwPKMModel
 
     torch.set_num_threads(args.threads)
-    res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                      f"load average {os.getloadavg()[0]:.1f} at start", "threads": args.threads,
-           "torch": torch.__version__}
+    res = {"machine": machine(args.threads), "commit": commit(), "threads": args.threads, "torch": torch.__version__}
     start = time.perf_counter()
     hf, tok = backbone.load_smollm2()
     res["load_s"] = round(time.perf_counter() - start, 3)

@@ -3,8 +3,8 @@ comparison runs end to end on tiny shapes."""
 import torch
 
 from fwpkm_rag.memory import FwPKMConfig
-from fwpkm_rag.pipelines.bench_layer_vs_dense import DenseBlock, layer_vs_dense, markdown
-from fwpkm_rag.pipelines.bench_ops import op_bytes
+from fwpkm_rag.benchmarks.layer_vs_dense import DenseBlock, layer_vs_dense, markdown
+from fwpkm_rag.benchmarks.ops import op_bytes
 
 
 def test_dense_block_is_causal():

@@ -1,7 +1,7 @@
 """Measurements of the FwPKM language model: parameter counts, CPU forward throughput, resident memory while
 streaming. Not wired into the CLI; run it as a script:
 
-    .venv/bin/python -m fwpkm_rag.model_bench --threads 2 --tokens 100000
+    .venv/bin/python -m fwpkm_rag.benchmarks.model --threads 2 --tokens 100000
 
 Numbers go to docs/benchmarks.md ("Model (issue 4)") with the machine and the commit.
 """
@@ -14,6 +14,8 @@ import time
 from typing import Optional
 
 import torch
+
+from fwpkm_rag.benchmarks.common import commit, machine
 
 
 def count_parameters(config) -> dict:
@@ -73,7 +75,7 @@ def stream_tokens(model, total: int, piece: int = 1024, checkpoints=(), seed: in
 
 
 def measure(preset: str = "tiny", threads: int = 2, tokens: int = 100_000, piece: int = 1024) -> dict:
-    from fwpkm_rag.model import FwPKMForCausalLM, FwPKMModelConfig
+    from fwpkm_rag import FwPKMForCausalLM, FwPKMModelConfig
 
     torch.set_num_threads(threads)
     config = FwPKMModelConfig.preset(preset)
@@ -97,6 +99,8 @@ def measure(preset: str = "tiny", threads: int = 2, tokens: int = 100_000, piece
         "rss_mib": {k: round(v / 2**20, 1) for k, v in res["rss"].items()},
         "cache_mib_at_end": round(res["cache_bytes"] / 2**20, 2),
         "torch": torch.__version__,
+        "machine": machine(threads),
+        "commit": commit(),
     }
 
 

@@ -1,7 +1,7 @@
 """The retrieval systems of the benchmark suite (issue 7) behind one interface, and the model they share.
 
 Every system has ``add(chunks)``, ``search(query, k) -> [(chunk_index, score)]`` and ``nbytes()`` (resident
-index bytes, documents excluded), exactly like :mod:`fwpkm_rag.pipelines.baselines`. FwPKM joins them through
+index bytes, documents excluded), exactly like :mod:`fwpkm_rag.benchmarks.baselines`. FwPKM joins them through
 :class:`FwPKMSystem`, a thin adapter over the public ``FwPKMStore`` (langchain_core VectorStore): each benchmark
 chunk is added as one text with ``id=str(chunk_index)``, so a returned ``Document.id`` is the chunk index.
 
@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from fwpkm_rag.benchmarks.common import load_checkpoint
 from fwpkm_rag.errors import ConfigError
 
 FWPKM = "fwpkm"
@@ -36,7 +37,7 @@ class FwPKMSystem:
     accepts_embeddings = False
 
     def __init__(self, model, chunk_size: int = 256, per_slot: int = 32, piece_tokens: int = 2048):
-        from fwpkm_rag.pipelines.langchain import FwPKMStore
+        from fwpkm_rag.pipelines import FwPKMStore
 
         self.store = FwPKMStore(model=model, chunk_tokens=2 * chunk_size, per_slot=per_slot,
                                 piece_tokens=piece_tokens)
@@ -80,21 +81,17 @@ def fwpkm_factory(model, chunk_size: int = 256, **kwargs):
     return make
 
 
-def load_model(path: Optional[str] = None, dev_preset: Optional[str] = None):
+def load_model_described(path: Optional[str] = None, dev_preset: Optional[str] = None):
     """(model, description, load seconds). The shipped model unless ``path``; while the shipped checkpoint is
     missing (it is being trained) fall back to ``build_model(dev_preset or "tiny")`` and say so in the
     description, so no result is ever mistaken for the trained model's."""
     start = time.perf_counter()
     if path:
-        from fwpkm_rag.modeling.model import FwPKMForCausalLM
-
-        model = FwPKMForCausalLM.from_pretrained(path).eval()
+        model = load_checkpoint(path)
         desc = f"checkpoint {path}"
     elif dev_preset is None:
         try:
-            from fwpkm_rag.default_model import load_default_model
-
-            model = load_default_model()
+            model = load_checkpoint(None)
             desc = "shipped default model (fwpkm_rag/default_model)"
         except FileNotFoundError:
             dev_preset = "tiny"
@@ -130,7 +127,7 @@ class SystemSet:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from fwpkm_rag.pipelines.baselines import BASELINES, available_baselines
+        from fwpkm_rag.benchmarks.baselines import BASELINES, available_baselines
 
         self.extra = dict(self.extra or {})
         avail = set(available_baselines()) | {FWPKM} | set(self.extra)
@@ -146,13 +143,13 @@ class SystemSet:
         if FWPKM in names and self.model is None:
             raise ConfigError("the fwpkm system needs a model")
         if any(n.startswith("minilm") for n in names) and self.encoder is None:
-            from fwpkm_rag.pipelines.baselines import MiniLMEncoder
+            from fwpkm_rag.benchmarks.baselines import MiniLMEncoder
 
             self.encoder = MiniLMEncoder.shared()
 
     def build(self, chunks: list[str], only: Optional[Sequence[str]] = None) -> dict[str, Built]:
         """Fresh systems holding ``chunks``; ingest seconds include MiniLM encoding for every dense system."""
-        from fwpkm_rag.pipelines.baselines import make_baseline
+        from fwpkm_rag.benchmarks.baselines import make_baseline
 
         names = [n for n in self.names if only is None or n in only]
         out: dict[str, Built] = {}

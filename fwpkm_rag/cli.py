@@ -64,13 +64,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _load_model(path):
-    if path:
-        from fwpkm_rag.modeling.model import FwPKMForCausalLM
+    """The MemoryLM in `path` (a FwPKMForCausalLM checkpoint or attached FwPKM weights), or the default model."""
+    from fwpkm_rag.modeling.loading import load_model
 
-        return FwPKMForCausalLM.from_pretrained(path).eval()
-    from fwpkm_rag.default_model import load_default_model
-
-    return load_default_model()
+    return load_model(path or None)
 
 
 def _fail(message: str) -> int:

@@ -6,7 +6,7 @@ import torch
 
 from fwpkm_rag.memory import FwPKMConfig
 from fwpkm_rag.modeling.config import tokenizer_dict
-from fwpkm_rag.model import FwPKMForCausalLM, FwPKMModelConfig
+from fwpkm_rag.modeling import FwPKMForCausalLM, FwPKMModelConfig
 
 
 def rag_model_config(**over) -> FwPKMModelConfig:

@@ -10,7 +10,7 @@ G memory groups (1 when the batch shares one memory, B when each sequence has it
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor
@@ -18,6 +18,7 @@ from torch import Tensor
 from fwpkm_rag.errors import InputError, check_int
 from fwpkm_rag.kernels import product_key_topk, read_weights, row_update, weighted_gather
 from fwpkm_rag.memory.addressing import addressing_key_grad, addressing_loss
+from fwpkm_rag.memory.chunk import ChunkRead, ChunkStep
 from fwpkm_rag.memory.config import FwPKMConfig
 from fwpkm_rag.memory.inner_autograd import autograd_step
 from fwpkm_rag.memory.values import SparseValues
@@ -57,26 +58,6 @@ def lookahead_pairs(v: Tensor, g: Tensor, mask: Optional[Tensor], lookahead: int
 def _to_groups(x: Tensor, shared: bool) -> Tensor:
     """(B, L, ...) -> (1, B*L, ...) when the batch shares one memory, else unchanged."""
     return x.reshape(1, -1, *x.shape[2:]) if shared else x
-
-
-class ChunkRead(NamedTuple):
-    """A chunk's reads of one memory snapshot, per memory group: G groups of R tokens (G*R = B*L)."""
-
-    queries: Tensor  # (G, R, H, k_dim)
-    slots: Tensor  # (G, R, H, k) slots read
-    sub: Tensor  # (G, R, H, 2, n) every sub-key score (the addressing loss needs them all)
-    weights: Tensor  # (G, R, H, k) read weights, one softmax over each token's H*k selections
-    row_keys: Tensor  # (G, R, H, k) flat group*N + slot: which group's copy of a row a write updates
-    index: Tensor  # (G, R, H, k) rows of the virtual table [base; pool] read
-    vhat: Tensor  # (G, R, v_dim) the reads
-
-
-class ChunkStep(NamedTuple):
-    """The memory after one inner SGD step, before the divergence guard."""
-
-    touched: Tensor  # (U,) flat keys of the value rows the write changes, sorted
-    rows: Tensor  # (U, v_dim) those rows after the step
-    keys: Tensor  # (G, 2Hn, k_dim/2) sub-keys after the step (the input object when addr_weight is 0)
 
 
 def read_chunk(q: Tensor, keys: Tensor, values: SparseValues, cfg: FwPKMConfig, shared: bool) -> ChunkRead:
@@ -170,7 +151,7 @@ def memory_chunk(
     value_loss = 0.5 * (pair_w * (read.vhat - target).pow(2).sum(-1)).sum(-1)  # (G,)
     addr_loss, p, usage = addressing_loss(read.sub, k)  # (G,), (G, R, H, 2, n), (G, 2, n)
     if cfg.inner_grad == "autograd":
-        step = ChunkStep(*autograd_step(read, target, pair_w, keys, values, cfg))
+        step = autograd_step(read, target, pair_w, keys, values, cfg)
     else:
         err = pair_w.unsqueeze(-1) * (read.vhat - target)  # (G, R, v_dim)
         step = analytic_step(read, err, (p, usage), keys, values, cfg)

@@ -9,23 +9,19 @@ outer loss through it exercises the gather's double backward. memory/naive.py st
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from fwpkm_rag.kernels import group_entries, product_key_topk, weighted_gather
 from fwpkm_rag.memory.addressing import addressing_loss
+from fwpkm_rag.memory.chunk import ChunkRead, ChunkStep
 from fwpkm_rag.memory.config import FwPKMConfig
 from fwpkm_rag.memory.values import SparseValues
 
-if TYPE_CHECKING:
-    from fwpkm_rag.memory.core import ChunkRead
 
-
-def autograd_step(read: "ChunkRead", target: Tensor, pair_w: Tensor, keys: Tensor, values: SparseValues,
-                  cfg: FwPKMConfig) -> tuple[Tensor, Tensor, Tensor]:
-    """(touched (U,), new rows (U, v_dim), new keys (G, 2Hn, k_dim/2)): the same step as core.analytic_step.
+def autograd_step(read: ChunkRead, target: Tensor, pair_w: Tensor, keys: Tensor, values: SparseValues,
+                  cfg: FwPKMConfig) -> ChunkStep:
+    """The same step as core.analytic_step: touched rows (U,), their new values (U, v_dim), new keys.
 
     target (G, R, v_dim) and pair_w (G, R) are the chunk's lookahead targets and write weights. With an outer
     loss recording (grad enabled) the step keeps its graph (create_graph=True); otherwise it is detached.
@@ -54,4 +50,4 @@ def autograd_step(read: "ChunkRead", target: Tensor, pair_w: Tensor, keys: Tenso
     if not outer:
         new_rows = new_rows.detach()
         new_keys = new_keys if new_keys is keys else new_keys.detach()  # frozen keys stay the same object
-    return seg.keys, new_rows, new_keys
+    return ChunkStep(seg.keys, new_rows, new_keys)

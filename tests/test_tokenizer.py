@@ -179,3 +179,42 @@ def test_import_is_cheap() -> None:
     from lightimport import assert_import_light
 
     assert_import_light("fwpkm_rag.tokenizer", forbidden=("tiktoken",))
+
+
+# ----- the Tokenizer protocol (what the model and the pipeline use) -----
+def test_implements_the_tokenizer_protocol(tok):
+    from fwpkm_rag.tokenizer import Tokenizer
+
+    assert isinstance(tok, Tokenizer)
+
+
+def test_chat_ids_are_eos_then_role_tokens_and_texts_then_the_assistant_token(tok):
+    special = tok.special_ids
+    ids = tok.chat_ids([("system", "Be brief."), ("user", "Capital of France?"), ("assistant", "Paris."),
+                        ("user", "And Germany?")])
+    expected = ([tok.eos_id, special["<|system|>"]] + tok.encode("Be brief.") + [special["<|user|>"]]
+                + tok.encode("Capital of France?") + [special["<|assistant|>"]] + tok.encode("Paris.")
+                + [special["<|user|>"]] + tok.encode("And Germany?") + [special["<|assistant|>"]])
+    assert ids == expected
+    assert tok.chat_ids([]) == [tok.eos_id, special["<|assistant|>"]]
+    with pytest.raises(InputError, match="unknown message role 'robot'"):
+        tok.chat_ids([("user", "hi"), ("robot", "beep")])
+
+
+def test_special_token_mask_marks_every_special_id_and_padded_rows(tok):
+    import torch
+
+    mask = tok.special_token_mask(tok.vocab_size + 3)  # a model may pad its output rows past the vocabulary
+    assert mask.dtype == torch.bool and mask.shape == (tok.vocab_size + 3,)
+    assert mask.nonzero().flatten().tolist() == list(range(tok.k_ranks, tok.vocab_size + 3))
+    assert set(tok.special_ids.values()) <= set(mask.nonzero().flatten().tolist())
+    assert tok.special_token_mask(100).sum() == 0  # smaller than the vocabulary: only ordinary ids
+
+
+def test_token_byte_lengths_are_the_bytes_of_each_token(tok):
+    lengths = tok.token_byte_lengths()
+    assert lengths.dtype.name == "int32" and lengths.shape == (tok.vocab_size,)
+    assert lengths.tolist() == [len(tok.decode_bytes([i])) for i in range(tok.vocab_size)]
+    assert tok.token_byte_lengths() is lengths  # built once
+    text = "Ünïcode — 🙂 and <|endoftext|> as text"
+    assert int(lengths[tok.encode(text)].sum()) == len(text.encode("utf-8"))

@@ -14,11 +14,8 @@ def test_presets():
 
 
 def test_import_fwpkm_rag_stays_light():
-    import subprocess
-    import sys
+    from lightimport import assert_import_light, fresh_modules
 
-    code = (
-        "import sys, fwpkm_rag; assert 'transformers' not in sys.modules, 'transformers imported';"
-        "from fwpkm_rag import FwPKMForCausalLM, FwPKMModelConfig, FwPKMCache; assert 'transformers' in sys.modules"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    assert_import_light("fwpkm_rag", forbidden=("transformers",))
+    # and the lazy names load it on first use
+    assert "transformers" in fresh_modules("from fwpkm_rag import FwPKMForCausalLM, FwPKMModelConfig, FwPKMCache")

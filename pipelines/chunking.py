@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fwpkm_rag.errors import DocumentTooLargeError, InputError, InputTypeError
+from fwpkm_rag.modeling.protocol import Tokenizer
 
 SEGMENT_CHARS = 1 << 20
 """Documents longer than this many characters are tokenized segment by segment (see `encode_document`)."""
@@ -68,24 +69,7 @@ def check_doc_id(doc_id, n: int) -> str:
 
 
 # ---- tokens ---------------------------------------------------------------------------------------------------
-def token_byte_lengths(tok) -> np.ndarray:
-    """(vocab,) int32 UTF-8 byte length of every token of `tok` (special tokens: their names' bytes)."""
-    own = getattr(tok, "token_byte_lengths", None)
-    if own is not None:  # the tokenizer knows its own byte lengths (the MemoryLM tokenizer interface)
-        return own()
-    cached = getattr(tok, "_fwpkm_byte_lengths", None)
-    if cached is None:
-        enc = tok._enc
-        lengths = [len(enc.decode_single_token_bytes(i)) for i in range(tok.vocab_size)]
-        cached = np.asarray(lengths, dtype=np.int32)
-        try:
-            tok._fwpkm_byte_lengths = cached
-        except AttributeError:  # pragma: no cover - slotted tokenizer
-            pass
-    return cached
-
-
-def encode_document(tok, text: str, segment_chars: Optional[int] = None) -> np.ndarray:
+def encode_document(tok: Tokenizer, text: str, segment_chars: Optional[int] = None) -> np.ndarray:
     """A document's token ids as an int32 array, tokenized in segments of about `segment_chars` characters.
 
     Tokenizing a 50 MB string at once builds a list of ~12M Python ints (~450 MB); segments keep that to a few
@@ -110,7 +94,7 @@ def encode_document(tok, text: str, segment_chars: Optional[int] = None) -> np.n
 
 
 # ---- chunks ---------------------------------------------------------------------------------------------------
-def chunk_spans(text: str, ids, tok, chunk_tokens: int, chunk_overlap: int) -> list[tuple]:
+def chunk_spans(text: str, ids, tok: Tokenizer, chunk_tokens: int, chunk_overlap: int) -> list[tuple]:
     """Split a document's tokens into retrieval chunks.
 
     Returns (idx, chunk text, core_offset, tok_start, tok_end) per chunk: core token spans
@@ -148,7 +132,7 @@ def chunk_spans(text: str, ids, tok, chunk_tokens: int, chunk_overlap: int) -> l
     return out
 
 
-def _cut_offsets(raw: bytes, ids, tok, chunk_tokens: int, chunk_overlap: int) -> Optional[dict]:
+def _cut_offsets(raw: bytes, ids, tok: Tokenizer, chunk_tokens: int, chunk_overlap: int) -> Optional[dict]:
     """{token position: byte offset} for every position a cut can land on (core starts, overlap starts, the
     end), or None when the tokens' bytes do not add up to the text (a tokenizer that does not round-trip).
 
@@ -157,7 +141,7 @@ def _cut_offsets(raw: bytes, ids, tok, chunk_tokens: int, chunk_overlap: int) ->
     n = len(ids)
     starts = np.arange(0, n, chunk_tokens, dtype=np.int64)
     points = np.unique(np.concatenate([starts, np.maximum(starts - chunk_overlap, 0), [n]]))
-    lengths = token_byte_lengths(tok).astype(np.int32, copy=False)[np.asarray(ids)]  # (n,)
+    lengths = tok.token_byte_lengths().astype(np.int32, copy=False)[np.asarray(ids)]  # (n,)
     point_bytes = np.zeros(len(points), dtype=np.int64)
     np.cumsum(np.add.reduceat(lengths, points[:-1], dtype=np.int64), out=point_bytes[1:])
     offsets = dict(zip(points.tolist(), point_bytes.tolist()))
@@ -177,7 +161,7 @@ class ChunkedDocument:
         return [start for _, _, _, start, _ in self.spans]
 
 
-def chunk_document(tok, text: str, chunk_tokens: int, chunk_overlap: int) -> ChunkedDocument:
+def chunk_document(tok: Tokenizer, text: str, chunk_tokens: int, chunk_overlap: int) -> ChunkedDocument:
     """Tokenize a checked text (in segments) and split it into retrieval chunks."""
     ids = encode_document(tok, text)
     return ChunkedDocument(ids, chunk_spans(text, ids, tok, chunk_tokens, chunk_overlap))

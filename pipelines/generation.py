@@ -18,52 +18,27 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from fwpkm_rag.errors import InputError, QueryTooLongError, check_int
-from fwpkm_rag.pipelines.retrieval import check_k, query_cache, rank_chunks
+from fwpkm_rag.modeling.protocol import MemoryLM, Tokenizer
+from fwpkm_rag.pipelines.index import MemoryIndex
+from fwpkm_rag.pipelines.retrieval import check_k, rank_chunks
 from fwpkm_rag.pipelines.settings import DEFAULT_MAX_QUERY_TOKENS
 
-ROLES = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
-
-
-def format_prompt(tok, messages: Sequence[tuple[str, str]], prompt_format: str = "chat") -> list[int]:
+def format_prompt(tok: Tokenizer, messages: Sequence[tuple[str, str]], prompt_format: str = "chat") -> list[int]:
     """Token ids of a conversation, ending where the assistant's answer starts.
 
-    "chat": eos, then per message its role token (<|system|>, <|user|>, <|assistant|>) and its text, then
-    <|assistant|>. "qa": the last user message as "\\n\\nQuestion: ...\\nAnswer:" (the format the shipped model
-    was trained on), after the system text if any.
+    "chat": the tokenizer's chat format (`tok.chat_ids`: for the project tokenizer eos, then per message its
+    role token <|system|> / <|user|> / <|assistant|> and its text, then <|assistant|>; a transformers tokenizer
+    uses its chat template). "qa": the last user message as "\n\nQuestion: ...\nAnswer:" (the format the
+    shipped model was trained on), after the system text if any.
     """
     if prompt_format == "chat":
-        if hasattr(tok, "chat_ids"):  # a transformers tokenizer with its own chat template (HFTokenizer)
-            for role, _ in messages:
-                if role not in ROLES:
-                    raise InputError(f"unknown message role {role!r}; expected one of {sorted(ROLES)}")
-            return tok.chat_ids(list(messages))
-        special = tok.special_ids
-        ids = [tok.eos_id]
-        for role, text in messages:
-            if role not in ROLES:
-                raise InputError(f"unknown message role {role!r}; expected one of {sorted(ROLES)}")
-            ids.append(special[ROLES[role]])
-            ids += tok.encode(text)
-        ids.append(special[ROLES["assistant"]])
-        return ids
+        return tok.chat_ids(list(messages))
     if prompt_format == "qa":
         system = "\n".join(t for r, t in messages if r == "system")
         users = [t for r, t in messages if r == "user"]
         question = users[-1] if users else (messages[-1][1] if messages else "")
         return [tok.eos_id] + tok.encode((system + "\n" if system else "") + f"\n\nQuestion: {question}\nAnswer:")
     raise InputError(f"prompt_format must be 'chat' or 'qa', got {prompt_format!r}")
-
-
-def special_token_mask(tok, size: int) -> torch.Tensor:
-    """(size,) bool: True at the ids that end an answer (special tokens, and ids the tokenizer does not have)."""
-    mask = torch.zeros(size, dtype=torch.bool)
-    ids = getattr(tok, "special_token_ids", None)
-    if ids is None:  # the project tokenizer: every id from k_ranks on is special
-        mask[tok.k_ranks:] = True
-    else:
-        mask[[i for i in ids if i < size]] = True
-        mask[tok.vocab_size:] = True
-    return mask
 
 
 def reader_prompt(question: str, context: Optional[str]) -> str:
@@ -107,10 +82,27 @@ class _Utf8Buffer:
         return text
 
 
+def _sample(logits: torch.Tensor, gen: Optional[torch.Generator], temperature: float, top_p: float) -> int:
+    """The next token from logits (vocab,): argmax without a generator, else temperature + top-p sampling."""
+    if gen is None:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, -1)  # (vocab,)
+    if top_p < 1.0:
+        sp, si = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sp, 0) - sp < top_p  # the smallest prefix whose mass reaches top_p
+        probs = torch.zeros_like(probs).scatter_(0, si[keep], sp[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> int:
+    """Index of the first occurrence of any stop string in `text`, -1 if none."""
+    return min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+
+
 @torch.no_grad()
-def stream_generate(model, cache, prompt_ids: list[int], *, read_only: bool, max_new_tokens: Optional[int] = 64,
-                    temperature: float = 0.0, top_p: float = 1.0, seed: Optional[int] = 0,
-                    stop: Optional[Sequence[str]] = None, timeout: Optional[float] = None,
+def stream_generate(model: MemoryLM, cache, prompt_ids: list[int], *, read_only: bool,
+                    max_new_tokens: Optional[int] = 64, temperature: float = 0.0, top_p: float = 1.0,
+                    seed: Optional[int] = 0, stop: Optional[Sequence[str]] = None, timeout: Optional[float] = None,
                     stats: Optional[GenerationStats] = None) -> Iterator[str]:
     """Yield the answer's text piece by piece (about one token each).
 
@@ -122,38 +114,32 @@ def stream_generate(model, cache, prompt_ids: list[int], *, read_only: bool, max
     stats = stats if stats is not None else GenerationStats()
     stats.input_tokens = len(prompt_ids)
     stop = [s for s in (stop or []) if s]
-    hold = max((len(s) for s in stop), default=1) - 1
+    hold = max((len(s) for s in stop), default=1) - 1  # characters held back: a stop string may be starting
     limit = 2**31 if max_new_tokens is None else int(max_new_tokens)
     gen = None
     if temperature and temperature > 0:
         gen = torch.Generator(device="cpu").manual_seed(int(seed) if seed is not None else int(time.time_ns() % 2**31))
-    device = model.embed_tokens.weight.device
+
+    def next_logits(ids: list) -> torch.Tensor:  # (vocab,) logits after feeding ids
+        x = torch.tensor([ids], dtype=torch.long, device=model.device)  # (1, T)
+        return model(x, cache=cache, read_only=read_only, logits_to_keep=1).logits[0, -1].float().cpu()
+
     start = time.perf_counter()
-    x = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    logits = model(x, cache=cache, read_only=read_only, logits_to_keep=1).logits[0, -1].float().cpu()
-    special = special_token_mask(tok, logits.shape[-1])
+    logits = next_logits(prompt_ids)
+    special = tok.special_token_mask(logits.shape[-1])  # (vocab,) ids that end an answer
+    logits[special] = float("-inf")  # an answer starts with text
     buf, text, emitted, cut = _Utf8Buffer(), "", 0, -1
     stats.finish_reason = "length"
     for step in range(limit):
         if timeout is not None and time.perf_counter() - start > timeout:
             raise TimeoutError(f"generation took longer than timeout={timeout} s")
-        if step == 0:
-            logits[special] = float("-inf")  # an answer starts with text
-        if gen is None:
-            nxt = int(logits.argmax())
-        else:
-            probs = torch.softmax(logits / temperature, -1)
-            if top_p < 1.0:
-                sp, si = torch.sort(probs, descending=True)
-                keep = torch.cumsum(sp, 0) - sp < top_p
-                probs = torch.zeros_like(probs).scatter_(0, si[keep], sp[keep])
-            nxt = int(torch.multinomial(probs, 1, generator=gen))
+        nxt = _sample(logits, gen, temperature, top_p)
         if special[nxt]:
             stats.finish_reason = "stop"
             break
         stats.output_tokens += 1
         text += buf.push(tok.decode_bytes([nxt]))
-        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+        cut = _first_stop(text, stop)
         if cut >= 0:
             if cut > emitted:
                 yield text[emitted:cut]
@@ -165,14 +151,12 @@ def stream_generate(model, cache, prompt_ids: list[int], *, read_only: bool, max
             yield text[emitted:safe]
             emitted = safe
         if step + 1 < limit:
-            logits = model(torch.tensor([[nxt]], device=device), cache=cache, read_only=read_only,
-                           logits_to_keep=1).logits[0, -1].float().cpu()
+            logits = next_logits([nxt])
     if cut < 0:  # not ended by a stop sequence: release what was held back
         text += buf.finish()
-        if stop:
-            cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-            if cut >= 0:
-                text = text[:cut]
+        end = _first_stop(text, stop) if stop else -1
+        if end >= 0:
+            text = text[:end]
         if len(text) > emitted:
             yield text[emitted:]
     stats.seconds = time.perf_counter() - start
@@ -191,7 +175,8 @@ def check_conversation(conversation: Sequence[tuple[str, str]]) -> None:
             raise InputError(f"message #{n} is not valid Unicode: {text[exc.start]!r} at index {exc.start}") from None
 
 
-def reader_conversation(index, model, conversation: list, k, stats: GenerationStats):
+def reader_conversation(index: Optional[MemoryIndex], model: MemoryLM, conversation: list, k,
+                        stats: GenerationStats) -> tuple[MemoryLM, list]:
     """(reader model, conversation): the store's top-k chunks for the last user message, in the classic RAG
     prompt (`reader_prompt`); an attached backbone reads with its memory off (`as_reader`). The chunks read
     are named in `stats.sources`."""
@@ -203,11 +188,10 @@ def reader_conversation(index, model, conversation: list, k, stats: GenerationSt
     hits = rank_chunks(index, users[-1], check_k(k))
     stats.sources = [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": h.score} for h in hits]
     context = "\n\n".join(h.text for h in hits)
-    reader = model.as_reader() if hasattr(model, "as_reader") else model
-    return reader, [(r, t) for r, t in conversation if r == "system"] + [("user", reader_prompt(users[-1], context))]
+    return model.as_reader(), [(r, t) for r, t in conversation if r == "system"] + [("user", reader_prompt(users[-1], context))]
 
 
-def stream_answer(conversation: list, *, model, index=None, mode: str = "memory", k: int = 4,
+def stream_answer(conversation: list, *, model: MemoryLM, index: Optional[MemoryIndex] = None, mode: str = "memory", k: int = 4,
                   prompt_format: str = "chat", max_new_tokens: Optional[int] = 32, temperature: float = 0.0,
                   top_p: float = 1.0, seed: Optional[int] = 0, stop: Optional[Sequence[str]] = None,
                   timeout: Optional[float] = None, stats: Optional[GenerationStats] = None) -> Iterator[str]:
@@ -233,7 +217,7 @@ def stream_answer(conversation: list, *, model, index=None, mode: str = "memory"
         cache, read_only = model.init_cache(1), mode == "reader"
     else:
         # the store's published view: a concurrent add is seen whole or not at all, and never waited for
-        cache, read_only = query_cache(model, index.view), True
+        cache, read_only = model.init_cache(1, memories=index.view.memory), True
     yield from stream_generate(model, cache, prompt, read_only=read_only, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, seed=seed, stop=stop, timeout=timeout,
                                stats=stats)

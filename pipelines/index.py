@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from fwpkm_rag.errors import ConfigError, DuplicateIdError
+from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import DocStore, dump_metadata
 from fwpkm_rag.pipelines.provenance import ProvenanceTable
@@ -101,15 +102,15 @@ class _ChunkPositions:
 class MemoryIndex:
     """The model's memory as a retrieval index over a stream of documents (see the module docstring)."""
 
-    def __init__(self, model, settings: Optional[StoreSettings] = None, *, _docstore: Optional[DocStore] = None,
-                 **settings_kwargs):
+    def __init__(self, model: MemoryLM, settings: Optional[StoreSettings] = None, *,
+                 _docstore: Optional[DocStore] = None, **settings_kwargs):
         settings = StoreSettings() if settings is None else settings
         self.settings = settings.replace(**settings_kwargs) if settings_kwargs else settings
         if not model.config.fwpkm_layers:
             raise ConfigError("the model has no FwPKM layer: it has no memory to index documents with")
-        self.model = model
+        self.model: MemoryLM = model
         self.tok = model.get_tokenizer()
-        self.device = model.embed_tokens.weight.device
+        self.device = model.device
         self.cache = model.init_cache(1)
         n_slots = model.config.fwpkm_config.n_slots
         self.provenance = ProvenanceTable(len(model.config.fwpkm_layers), n_slots, self.settings.per_slot)
@@ -258,8 +259,7 @@ class MemoryIndex:
         """One model call over `piece` (n,) token ids: the memory is written and the writes attributed."""
         start = time.perf_counter()
         ids = torch.from_numpy(np.ascontiguousarray(piece, dtype=np.int64))[None].to(self.device)  # (1, n)
-        out = self.model(ids, cache=self.cache, return_memory=True, logits_to_keep=1,
-                         **memory_only_kwargs(self.model))
+        out = self.model(ids, cache=self.cache, return_memory=True, logits_to_keep=1, memory_only=True)
         self._record(out.memory_writes)
         self.tokens_ingested += len(piece)
         self._unwritten.prune(self.cache.position - max(self.cache.pending, default=0))
@@ -338,12 +338,6 @@ class MemoryIndex:
     def iter_documents(self) -> Iterator[tuple[str, str, dict]]:
         for doc_id in self.docs.doc_ids():
             yield from self.docs.get_documents([doc_id])
-
-
-def memory_only_kwargs(model) -> dict:
-    """Ingestion and retrieval use only the memory: models that can stop after their last FwPKM layer
-    (AttachedFwPKMModel, a truncated backbone forward) are asked to."""
-    return {"memory_only": True} if getattr(model, "supports_memory_only", False) else {}
 
 
 def _progress_bar(show: bool):

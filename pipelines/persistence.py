@@ -7,7 +7,8 @@ Layout of a store folder:
         manifest.json                format name + version, model fingerprint, settings (StoreSettings.to_dict),
                                      sha256 of every file
         store.sqlite                 documents, chunks, counters, provenance table and token counts (blobs)
-        memory-<i>.safetensors       the memory state of FwPKM layer i (MemoryState.save, own checksum)
+        memory-<i>.safetensors       the memory state of FwPKM layer i (written by `cache.save`, read by
+                                     `model.load_cache`; MemoryState format, own checksum)
         kv.safetensors               the sliding-window KV of every layer and the stream position
 
 A save writes a new snapshot folder under a temporary name, fsyncs it, renames it, then points CURRENT at it
@@ -27,9 +28,8 @@ import secrets
 import shutil
 import time
 
-import torch
-
 from fwpkm_rag.errors import ModelMismatchError, StateFormatError
+from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines.docstore import DocStore
 from fwpkm_rag.pipelines.index import MemoryIndex
 from fwpkm_rag.pipelines.provenance import ProvenanceTable
@@ -39,7 +39,7 @@ FORMAT_NAME = "fwpkm-store"
 FORMAT_VERSION = 1
 POINTER = "CURRENT"
 
-def model_fingerprint(model) -> str:
+def model_fingerprint(model: MemoryLM) -> str:
     """sha256 of the model's config (JSON) and every parameter and persistent buffer (names, shapes, bytes)."""
     from fwpkm_rag.fingerprint import weights_fingerprint
 
@@ -72,35 +72,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _save_kv(cache, path: str) -> None:
-    from safetensors.torch import save_file
-
-    tensors, meta = {}, {"position": str(cache.position), "n_layers": str(cache.n_layers)}
-    for i, kv in enumerate(cache.kv):
-        if kv is not None:
-            tensors[f"k.{i}"] = kv[0].detach().cpu().contiguous()
-            tensors[f"v.{i}"] = kv[1].detach().cpu().contiguous()
-    if cache.key_valid is not None:
-        tensors["key_valid"] = cache.key_valid.detach().cpu().contiguous()
-    if not tensors:
-        tensors["empty"] = torch.zeros(0)
-    save_file(tensors, path, metadata=meta)
-
-
-def _load_kv(cache, path: str, device) -> None:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as fh:
-        meta = fh.metadata() or {}
-        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    if int(meta.get("n_layers", -1)) != cache.n_layers:
-        raise StateFormatError(f"{path} holds the KV of {meta.get('n_layers')} layers, the model has {cache.n_layers}")
-    cache.position = int(meta["position"])
-    cache.kv = [(tensors[f"k.{i}"].to(device), tensors[f"v.{i}"].to(device)) if f"k.{i}" in tensors else None
-                for i in range(cache.n_layers)]
-    cache.key_valid = tensors["key_valid"].to(device) if "key_valid" in tensors else None
-
-
 def save_index(index, directory: str) -> str:
     """Write a new snapshot of `index` into `directory` and make it current; returns the snapshot path."""
     directory = os.fspath(directory)
@@ -118,9 +89,7 @@ def save_index(index, directory: str) -> str:
             docs.put_array("chunk_df", index.chunk_df)
             index._sync_meta()
             docs.backup_to(os.path.join(tmp, "store.sqlite"))
-            for i, state in enumerate(index.cache.memory):
-                state.save(os.path.join(tmp, f"memory-{i}.safetensors"))
-            _save_kv(index.cache, os.path.join(tmp, "kv.safetensors"))
+            index.cache.save(tmp)  # memory-<i>.safetensors per FwPKM layer and kv.safetensors
             files = sorted(f for f in os.listdir(tmp) if not f.startswith("."))
             manifest = {
                 "format": FORMAT_NAME,
@@ -194,7 +163,7 @@ def read_manifest(snapshot: str) -> dict:
     return manifest
 
 
-def load_index(directory: str, model, **overrides) -> MemoryIndex:
+def load_index(directory: str, model: MemoryLM, **overrides) -> MemoryIndex:
     """Rebuild a MemoryIndex from the current snapshot in `directory` over `model`; `overrides`: StoreSettings
     fields on top of the saved ones (e.g. the limits, which snapshots do not record)."""
 
@@ -227,8 +196,6 @@ def load_index(directory: str, model, **overrides) -> MemoryIndex:
         index.tokens_ingested, index.at_boundary = counters["tokens_ingested"], counters["at_boundary"]
     except (KeyError, TypeError) as exc:
         raise StateFormatError(f"{snapshot}/store.sqlite lacks store counters or arrays: {exc}") from None
-    index.cache.memory = [layer.load_state(os.path.join(snapshot, f"memory-{i}.safetensors"))
-                          for i, layer in enumerate(model.fwpkm_modules)]
-    _load_kv(index.cache, os.path.join(snapshot, "kv.safetensors"), index.device)
+    index.cache = model.load_cache(snapshot)  # the memories and KV window the snapshot holds
     index.publish()  # what readers see: the loaded state
     return index

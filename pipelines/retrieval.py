@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from fwpkm_rag.errors import InputError, InputTypeError, QueryTooLongError, check_int
-from fwpkm_rag.pipelines.index import IndexView, MemoryIndex, memory_only_kwargs
+from fwpkm_rag.modeling.protocol import Tokenizer
+from fwpkm_rag.pipelines.index import IndexView, MemoryIndex
 from fwpkm_rag.pipelines.provenance import ProvenanceTable
 
 SATURATION = 0.5
@@ -77,7 +78,7 @@ class QueryReads:
 
 
 # ---- checks -----------------------------------------------------------------------------------------------------
-def check_query(tok, query, limit: int) -> list[int]:
+def check_query(tok: Tokenizer, query, limit: int) -> list[int]:
     """The question's token ids (eos first); clear errors for a non-str, invalid or too long question."""
     if isinstance(query, (bytes, bytearray, memoryview)):
         raise InputTypeError(f"the query must be a str, got {type(query).__name__}; decode it first")
@@ -104,15 +105,6 @@ def check_k(k) -> int:
 
 
 # ---- reads and idf ----------------------------------------------------------------------------------------------
-def query_cache(model, store_cache):
-    """A cache for questions: empty KV, the store's memories (never written: use with read_only=True).
-
-    `store_cache` is a FwPKMCache or an IndexView (anything with a `memory` sequence)."""
-    qc = model.init_cache(1)
-    qc.memory = list(store_cache.memory)
-    return qc
-
-
 def token_idf(view: IndexView, ids: list[int]) -> Tensor:
     """(T,) idf of each question token over the ingested chunks: log(1 + (N + 1) / (df + 1))."""
     n = float(view.next_chunk)
@@ -127,8 +119,8 @@ def read_question(index: MemoryIndex, query: str, view: Optional[IndexView] = No
     ids = check_query(index.tok, query, index.settings.max_query_tokens)
     view = index.view if view is None else view
     x = torch.tensor([ids], dtype=torch.long, device=index.device)  # (1, T)
-    out = index.model(x, cache=query_cache(index.model, view), read_only=True, return_memory=True,
-                      logits_to_keep=1, **memory_only_kwargs(index.model))
+    query_cache = index.model.init_cache(1, memories=view.memory)  # empty KV over the store's memories
+    out = index.model(x, cache=query_cache, read_only=True, return_memory=True, logits_to_keep=1, memory_only=True)
     reads = []
     for slots, weights, _gate in out.memory_reads:  # (1, T, H, k) each
         T = slots.shape[1]

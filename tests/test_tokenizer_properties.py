@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fwpkm_rag.errors import InputError
-from fwpkm_rag.pipelines.chunking import token_byte_lengths
 from fwpkm_rag.tokenizer import SPECIAL_TOKENS, get_tokenizer
 
 TOKS = {k: get_tokenizer(k) for k in (256, 1024, 8192)}
@@ -48,10 +47,10 @@ def test_token_bytes_account_for_every_byte(text, cut):
     """Chunking cuts the token ids anywhere and maps cuts to bytes through per-token byte lengths."""
     ids = DEFAULT.encode(text)
     raw = text.encode("utf-8")
-    assert int(token_byte_lengths(DEFAULT)[ids].sum()) == len(raw)
+    assert int(DEFAULT.token_byte_lengths()[ids].sum()) == len(raw)
     i = cut % (len(ids) + 1)
     head, tail = DEFAULT.decode_bytes(ids[:i]), DEFAULT.decode_bytes(ids[i:])
-    assert head + tail == raw and len(head) == int(token_byte_lengths(DEFAULT)[ids[:i]].sum())
+    assert head + tail == raw and len(head) == int(DEFAULT.token_byte_lengths()[ids[:i]].sum())
 
 
 @settings(max_examples=150, deadline=None)

@@ -5,7 +5,6 @@ isolation live in test_rag.py.)"""
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import random
 import subprocess
@@ -17,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 from langchain_core.documents import Document
-from langchain_core.messages import HumanMessage
 
 from fwpkm_rag.errors import (ConfigError, DocumentTooLargeError, DuplicateIdError, FwPKMError, InputError,
                               InputTypeError, QueryTooLongError)

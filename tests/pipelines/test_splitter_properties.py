@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fwpkm_rag.data.needles import chunk_text
 from fwpkm_rag.pipelines import FwPKMStore
-from fwpkm_rag.pipelines.chunking import chunk_spans, encode_document, token_byte_lengths
+from fwpkm_rag.pipelines.chunking import chunk_spans, encode_document
 from fwpkm_rag.tokenizer import get_tokenizer
 
 TOK = get_tokenizer()
@@ -40,7 +40,7 @@ texts = st.one_of(any_text, fragment_text, st.sampled_from(["", " ", "\n", "\x00
 def _byte_offsets(ids: list[int]) -> np.ndarray:
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     if ids:
-        np.cumsum(token_byte_lengths(TOK)[np.asarray(ids)], out=offsets[1:])
+        np.cumsum(TOK.token_byte_lengths()[np.asarray(ids)], out=offsets[1:])
     return offsets
 
 

@@ -3,7 +3,6 @@ with a small random model so that they run in seconds (the unit suite: ../unit_t
 from __future__ import annotations
 
 import pytest
-from langchain_core.documents import Document
 from langchain_tests.integration_tests import (
     ChatModelIntegrationTests,
     RetrieversIntegrationTests,

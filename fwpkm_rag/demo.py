@@ -99,7 +99,6 @@ def run_demo(tokens: int = 100_000, facts: int = 5, distractors: int = 3, k: int
     print()
 
     from fwpkm_rag.pipelines.generation import format_prompt, stream_generate
-    from fwpkm_rag.pipelines.retrieval import query_cache
 
     def answer_from_memory(fact) -> tuple[str, str]:
         """Greedy completion, from the store's memory (read-only), of the question followed by the fact's
@@ -107,7 +106,8 @@ def run_demo(tokens: int = 100_000, facts: int = 5, distractors: int = 3, k: int
         lead = fact.text[: fact.text.index(fact.value)].rstrip()
         ids = format_prompt(tok, [("user", fact.question)], "qa") + tok.encode(" " + lead)
         budget = len(tok.encode(" " + fact.value)) + 3
-        out = "".join(stream_generate(model, query_cache(model, store.index.cache), ids, read_only=True,
+        store_memory = model.init_cache(1, memories=store.index.view.memory)  # read only: the store's memories
+        out = "".join(stream_generate(model, store_memory, ids, read_only=True,
                                       max_new_tokens=budget, stop=["\n"]))
         return lead, out
 

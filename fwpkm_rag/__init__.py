@@ -19,7 +19,7 @@ _LAZY = {
     "FwPKMCache": "fwpkm_rag.modeling.cache",
     "MemoryLM": "fwpkm_rag.modeling.protocol",
     "Tokenizer": "fwpkm_rag.tokenizer",
-    "load_model": "fwpkm_rag.modeling.loading",
+    "load_model": "fwpkm_rag.default_model",
     "load_default_model": "fwpkm_rag.default_model",
     "attach_fwpkm": "fwpkm_rag.modeling.attach",
     "detach_fwpkm": "fwpkm_rag.modeling.attach",

@@ -65,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _load_model(path):
     """The MemoryLM in `path` (a FwPKMForCausalLM checkpoint or attached FwPKM weights), or the default model."""
-    from fwpkm_rag.modeling.loading import load_model
+    from fwpkm_rag.default_model import load_model
 
     return load_model(path or None)
 

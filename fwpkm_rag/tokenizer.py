@@ -18,10 +18,9 @@ Nothing is downloaded: the ranks come from the file shipped inside the ``tiktoke
 from __future__ import annotations
 
 import functools
-import numbers
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
-from fwpkm_rag.errors import ConfigError, InputError
+from fwpkm_rag.errors import ConfigError, InputError, check_int
 
 if TYPE_CHECKING:  # numpy and torch are imported where used: `import fwpkm_rag.tokenizer` stays cheap
     import numpy as np
@@ -100,9 +99,7 @@ def check_token_ids(ids: Any, vocab_size: int) -> list[int]:
         raise InputError(f"decode() takes a sequence of int token ids, got {type(ids).__name__}")
     out = []
     for i in ids:
-        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
-            raise InputError(f"token ids must be int, got {type(i).__name__} {i!r}")
-        i = int(i)
+        i = check_int("a token id", i, error=InputError)
         if not 0 <= i < vocab_size:
             raise InputError(f"token id {i} is outside the vocabulary [0, {vocab_size})")
         out.append(i)
@@ -120,9 +117,7 @@ def _import_tiktoken() -> tuple[Any, Any]:
 
 
 def _check_k_ranks(k_ranks: Any) -> int:
-    if isinstance(k_ranks, bool) or not isinstance(k_ranks, numbers.Integral):
-        raise ConfigError(f"k_ranks must be an int, got {type(k_ranks).__name__} {k_ranks!r}")
-    k = int(k_ranks)
+    k = check_int("k_ranks", k_ranks)  # the bound below has its own message: why 256
     if k < MIN_K_RANKS:
         raise ConfigError(
             f"k_ranks={k} is below {MIN_K_RANKS}: the first {MIN_K_RANKS} ranks are the single bytes, "

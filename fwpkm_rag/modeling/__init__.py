@@ -17,7 +17,6 @@ _LAZY = {
     "AttachedFwPKMModel": "fwpkm_rag.modeling.attached",
     "AttachedCache": "fwpkm_rag.modeling.attached",
     "HFTokenizer": "fwpkm_rag.modeling.hf_tokenizer",
-    "load_model": "fwpkm_rag.modeling.loading",
 }
 
 __all__ = list(_LAZY)

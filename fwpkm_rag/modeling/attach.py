@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from fwpkm_rag.errors import ConfigError, InputError, ModelMismatchError, StateError, StateFormatError
+from fwpkm_rag.errors import ConfigError, InputError, ModelMismatchError, StateError, StateFormatError, check_int
 from fwpkm_rag.memory import FwPKM
 from fwpkm_rag.memory.config import FwPKMConfig
 
@@ -128,8 +128,7 @@ def _check_layers(layers, n: int) -> list:
         raise ConfigError(f"layers must be a list of decoder-layer indices, got {layers!r}")
     out = []
     for i in layers:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise ConfigError(f"layers must hold ints, got {type(i).__name__} {i!r}")
+        i = check_int("each entry of layers", i)
         j = i + n if i < 0 else i
         if not 0 <= j < n:
             raise ConfigError(f"layer {i} is out of range: the model has {n} decoder layers (0..{n - 1})")

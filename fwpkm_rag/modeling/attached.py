@@ -31,8 +31,11 @@ from fwpkm_rag.modeling.attach import (
     save_fwpkm,
 )
 from fwpkm_rag.modeling.cache import FwPKMCache
-from fwpkm_rag.modeling.hf_tokenizer import HFTokenizer, adapt_tokenizer  # noqa: F401  (HFTokenizer: public here too)
+from fwpkm_rag.modeling.hf_tokenizer import HFTokenizer, adapt_tokenizer
 from fwpkm_rag.modeling.streaming import FwPKMCausalLMOutput, StreamingLM
+
+# HFTokenizer and adapt_tokenizer were defined here before hf_tokenizer.py: still importable from here
+__all__ = ["DEFAULT_WINDOW", "AttachedCache", "AttachedConfig", "AttachedFwPKMModel", "HFTokenizer", "adapt_tokenizer"]
 
 DEFAULT_WINDOW = 1024
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from transformers import PretrainedConfig
 
-from fwpkm_rag.errors import ConfigError
+from fwpkm_rag.errors import ConfigError, check_int
 from fwpkm_rag.memory.config import FwPKMConfig
 from fwpkm_rag.tokenizer import BASE_NAME, DEFAULT_K_RANKS, SPECIAL_TOKENS
 
@@ -91,15 +91,10 @@ class FwPKMModelConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
 
     def _validate(self) -> None:
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"FwPKMModelConfig.{name} must be a positive int, got {value!r}")
-
         if self.vocab_size is None:
             raise ConfigError("FwPKMModelConfig needs vocab_size or a tokenizer record (get_tokenizer().to_dict())")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "window"):
-            positive_int(name)
+            check_int(f"FwPKMModelConfig.{name}", getattr(self, name), 1)
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ConfigError(
                 f"d_model ({self.d_model}) must be n_heads ({self.n_heads}) x an even head width (RoPE rotates pairs)"

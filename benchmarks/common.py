@@ -222,14 +222,3 @@ def style(system: str) -> dict:
     """matplotlib keyword arguments of a system's line (empty for a system without its own style)."""
     return dict(STYLE.get(system, {}))
 
-
-# ----------------------------------------------------------------------------------------------------------
-# the model under test
-# ----------------------------------------------------------------------------------------------------------
-
-
-def load_checkpoint(path: Optional[str] = None):
-    """The FwPKM model a benchmark runs: the checkpoint folder `path` (eval mode), or the shipped default."""
-    from fwpkm_rag import FwPKMForCausalLM, load_default_model
-
-    return FwPKMForCausalLM.from_pretrained(path).eval() if path else load_default_model()

@@ -18,12 +18,13 @@ import time
 
 import torch
 
-from fwpkm_rag.benchmarks.common import commit, load_checkpoint, machine, nearest_rank, write_json
+from fwpkm_rag.benchmarks.common import commit, machine, nearest_rank, write_json
 
 
 def run_load_bench(*, out_dir: str = "results", quick: bool = False, threads: int = 1, readers: int | None = None,
                    queries: int | None = None, tokens: int | None = None, model_path=None) -> int:
     torch.set_num_threads(threads)
+    from fwpkm_rag import load_model
     from fwpkm_rag.pipelines import FwPKMStore
 
     # the code this run uses: HEAD when it starts, marked when the working tree differs from it
@@ -33,7 +34,7 @@ def run_load_bench(*, out_dir: str = "results", quick: bool = False, threads: in
     queries = queries or (50 if quick else 1000)
     tokens = tokens or (50_000 if quick else 1_000_000)
     repeat_tokens = 10_000 if quick else 100_000
-    model = load_checkpoint(model_path)
+    model = load_model(model_path or None)
     import pydoc_data.topics as topics
 
     words = " ".join(topics.topics[k] for k in sorted(topics.topics)).split()

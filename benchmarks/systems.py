@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from fwpkm_rag.benchmarks.common import load_checkpoint
 from fwpkm_rag.errors import ConfigError
 
 FWPKM = "fwpkm"
@@ -85,13 +84,15 @@ def load_model_described(path: Optional[str] = None, dev_preset: Optional[str] =
     """(model, description, load seconds). The shipped model unless ``path``; while the shipped checkpoint is
     missing (it is being trained) fall back to ``build_model(dev_preset or "tiny")`` and say so in the
     description, so no result is ever mistaken for the trained model's."""
+    from fwpkm_rag import load_model
+
     start = time.perf_counter()
     if path:
-        model = load_checkpoint(path)
+        model = load_model(path)
         desc = f"checkpoint {path}"
     elif dev_preset is None:
         try:
-            model = load_checkpoint(None)
+            model = load_model(None)
             desc = "shipped default model (fwpkm_rag/default_model)"
         except FileNotFoundError:
             dev_preset = "tiny"

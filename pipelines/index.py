@@ -43,7 +43,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-from fwpkm_rag.errors import ConfigError, DuplicateIdError
+from fwpkm_rag.errors import ConfigError, DuplicateIdError, StateFormatError
 from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import DocStore, dump_metadata
@@ -329,6 +329,30 @@ class MemoryIndex:
                 self.view = IndexView(tuple(self.cache.memory), self.provenance, self.chunk_df, self.next_chunk,
                                       self.docs, self.view.version + 1)
             # the old database is removed when the last reader's view of it is gone (DocStore's finalizer)
+
+    # ---- snapshots (persistence.py writes and reads the files) ---------------------------------------------------
+    def save_state(self) -> None:
+        """Write the provenance table, the chunk counts and the counters into the document database, which a
+        snapshot then copies (with the documents) into its store.sqlite. Call under `self.lock`."""
+        for name, tensor in self.provenance.tensors().items():
+            self.docs.put_array(f"provenance.{name}", tensor)
+        self.docs.put_array("chunk_df", self.chunk_df)
+        self._sync_meta()
+
+    def restore_state(self, cache, source: str) -> None:
+        """Take the state a snapshot holds: provenance, chunk counts and counters from the document database
+        (`source` names it in errors), the memories and KV window from `cache` (model.load_cache); publish it."""
+        try:
+            self.provenance = ProvenanceTable.from_tensors(
+                {name: self.docs.get_array(f"provenance.{name}") for name in ("chunk", "strength", "writes", "alive")})
+            self.chunk_df = self.docs.get_array("chunk_df")
+            counters = self.docs.get_meta("counters")
+            self.next_chunk, self.next_seq = counters["next_chunk"], counters["next_seq"]
+            self.tokens_ingested, self.at_boundary = counters["tokens_ingested"], counters["at_boundary"]
+        except (KeyError, TypeError) as exc:
+            raise StateFormatError(f"{source} lacks store counters or arrays: {exc}") from None
+        self.cache = cache
+        self.publish()  # what readers see: the loaded state
 
     # ---- documents ------------------------------------------------------------------------------------------
     def _sync_meta(self) -> None:

@@ -32,7 +32,6 @@ from fwpkm_rag.errors import ModelMismatchError, StateFormatError
 from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines.docstore import DocStore
 from fwpkm_rag.pipelines.index import MemoryIndex
-from fwpkm_rag.pipelines.provenance import ProvenanceTable
 from fwpkm_rag.pipelines.settings import StoreSettings
 
 FORMAT_NAME = "fwpkm-store"
@@ -72,7 +71,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def save_index(index, directory: str) -> str:
+def save_index(index: MemoryIndex, directory: str) -> str:
     """Write a new snapshot of `index` into `directory` and make it current; returns the snapshot path."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
@@ -80,40 +79,11 @@ def save_index(index, directory: str) -> str:
     tmp = os.path.join(directory, f".tmp-{name}")
     os.makedirs(tmp)
     try:
-        with index.lock:
-            docs = index.docs
-            docs.put_array("provenance.chunk", index.provenance.chunk)
-            docs.put_array("provenance.strength", index.provenance.strength)
-            docs.put_array("provenance.writes", index.provenance.writes)
-            docs.put_array("provenance.alive", index.provenance.alive)
-            docs.put_array("chunk_df", index.chunk_df)
-            index._sync_meta()
-            docs.backup_to(os.path.join(tmp, "store.sqlite"))
-            index.cache.save(tmp)  # memory-<i>.safetensors per FwPKM layer and kv.safetensors
-            files = sorted(f for f in os.listdir(tmp) if not f.startswith("."))
-            manifest = {
-                "format": FORMAT_NAME,
-                "version": FORMAT_VERSION,
-                "model_fingerprint": model_fingerprint(index.model),
-                "settings": index.settings.to_dict(),
-                "n_memories": len(index.cache.memory),
-                "files": {f: _sha256_file(os.path.join(tmp, f)) for f in files},
-            }
-        with open(os.path.join(tmp, "manifest.json"), "w") as fh:
-            json.dump(manifest, fh, indent=1)
-        for f in os.listdir(tmp):
-            _fsync_file(os.path.join(tmp, f))
-        _fsync_dir(tmp)
+        _write_snapshot(index, tmp)
         final = os.path.join(directory, name)
         os.rename(tmp, final)
         _fsync_dir(directory)
-        pointer_tmp = os.path.join(directory, f".{POINTER}.{secrets.token_hex(4)}")
-        with open(pointer_tmp, "w") as fh:
-            fh.write(name + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(pointer_tmp, os.path.join(directory, POINTER))
-        _fsync_dir(directory)
+        _point_current(directory, name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -123,6 +93,39 @@ def save_index(index, directory: str) -> str:
             path = os.path.join(directory, entry)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
     return final
+
+
+def _write_snapshot(index: MemoryIndex, folder: str) -> None:
+    """The snapshot's files in `folder` (consistent: taken under the writer lock), its manifest, all fsynced."""
+    with index.lock:
+        index.save_state()
+        index.docs.backup_to(os.path.join(folder, "store.sqlite"))
+        index.cache.save(folder)  # memory-<i>.safetensors per FwPKM layer and kv.safetensors
+        files = sorted(f for f in os.listdir(folder) if not f.startswith("."))
+        manifest = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "model_fingerprint": model_fingerprint(index.model),
+            "settings": index.settings.to_dict(),
+            "n_memories": len(index.cache.memory),
+            "files": {f: _sha256_file(os.path.join(folder, f)) for f in files},
+        }
+    with open(os.path.join(folder, "manifest.json"), "w") as fh:
+        json.dump(manifest, fh, indent=1)
+    for f in os.listdir(folder):
+        _fsync_file(os.path.join(folder, f))
+    _fsync_dir(folder)
+
+
+def _point_current(directory: str, name: str) -> None:
+    """Make CURRENT name the snapshot `name`: a temp file, fsynced, then os.replace (atomic)."""
+    pointer_tmp = os.path.join(directory, f".{POINTER}.{secrets.token_hex(4)}")
+    with open(pointer_tmp, "w") as fh:
+        fh.write(name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(pointer_tmp, os.path.join(directory, POINTER))
+    _fsync_dir(directory)
 
 
 def _unlink(path: str) -> None:
@@ -166,7 +169,6 @@ def read_manifest(snapshot: str) -> dict:
 def load_index(directory: str, model: MemoryLM, **overrides) -> MemoryIndex:
     """Rebuild a MemoryIndex from the current snapshot in `directory` over `model`; `overrides`: StoreSettings
     fields on top of the saved ones (e.g. the limits, which snapshots do not record)."""
-
     snapshot = current_snapshot(directory)
     manifest = read_manifest(snapshot)
     for fname, digest in manifest.get("files", {}).items():
@@ -186,16 +188,5 @@ def load_index(directory: str, model: MemoryLM, **overrides) -> MemoryIndex:
     settings = StoreSettings.from_dict(manifest["settings"], **overrides)
     docs = DocStore(os.path.join(snapshot, "store.sqlite"))
     index = MemoryIndex(model, settings, _docstore=docs)
-    try:
-        index.provenance = ProvenanceTable.from_tensors({
-            "chunk": docs.get_array("provenance.chunk"), "strength": docs.get_array("provenance.strength"),
-            "writes": docs.get_array("provenance.writes"), "alive": docs.get_array("provenance.alive")})
-        index.chunk_df = docs.get_array("chunk_df")
-        counters = docs.get_meta("counters")
-        index.next_chunk, index.next_seq = counters["next_chunk"], counters["next_seq"]
-        index.tokens_ingested, index.at_boundary = counters["tokens_ingested"], counters["at_boundary"]
-    except (KeyError, TypeError) as exc:
-        raise StateFormatError(f"{snapshot}/store.sqlite lacks store counters or arrays: {exc}") from None
-    index.cache = model.load_cache(snapshot)  # the memories and KV window the snapshot holds
-    index.publish()  # what readers see: the loaded state
+    index.restore_state(model.load_cache(snapshot), source=f"{snapshot}/store.sqlite")
     return index

@@ -82,7 +82,7 @@ def _ingest(args: argparse.Namespace) -> int:
     import torch
 
     from fwpkm_rag.errors import FwPKMError
-    from fwpkm_rag.pipelines.langchain import FwPKMStore
+    from fwpkm_rag.pipelines import FwPKMStore
 
     torch.set_num_threads(args.threads)
     missing = [p for p in args.paths if not os.path.isfile(p)]
@@ -118,7 +118,7 @@ def _ask(args: argparse.Namespace) -> int:
     import torch
 
     from fwpkm_rag.errors import FwPKMError
-    from fwpkm_rag.pipelines.langchain import ChatFwPKM, FwPKMStore
+    from fwpkm_rag.pipelines import ChatFwPKM, FwPKMStore
 
     torch.set_num_threads(args.threads)
     try:

@@ -282,10 +282,6 @@ class FwPKMTokenizer:
             )
         return self._lengths
 
-    @property
-    def _fwpkm_byte_lengths(self) -> "np.ndarray":
-        # used by pipelines until v2 adoption: pipelines.ingest.token_byte_lengths reads this attribute first
-        return self.token_byte_lengths()
 
     def chat_ids(self, messages: Sequence[tuple[str, str]]) -> list[int]:
         """Token ids of a conversation [(role, text), ...], ending where the assistant's answer starts: eos,

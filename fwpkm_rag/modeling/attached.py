@@ -83,7 +83,6 @@ class AttachedFwPKMModel(StreamingLM, nn.Module):
     """A transformers Llama-family CausalLM with FwPKM attached, behind the MemoryLM interface."""
 
     cache_class = AttachedCache
-    supports_memory_only = True  # used by pipelines until v2 adoption (every MemoryLM accepts memory_only)
 
     def __init__(self, backbone: nn.Module, tokenizer=None, *, window: Optional[int] = DEFAULT_WINDOW,
                  name: Optional[str] = None, use_memory: bool = True):
@@ -176,11 +175,6 @@ class AttachedFwPKMModel(StreamingLM, nn.Module):
     @property
     def device(self) -> torch.device:
         return decoder_of(self.backbone).embed_tokens.weight.device
-
-    @property
-    def embed_tokens(self) -> nn.Embedding:
-        # used by pipelines until v2 adoption (model.embed_tokens.weight.device): use model.device
-        return decoder_of(self.backbone).embed_tokens
 
     @property
     def lm_head(self) -> nn.Module:

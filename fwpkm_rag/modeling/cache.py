@@ -35,8 +35,8 @@ class FwPKMCache:
     is_compileable = False  # transformers' generate: never auto-compile around this cache
     is_croppable = False  # cannot roll back a forward (the memories were written)
 
-    # The attributes kv / position / key_valid / memory are the cache's own; pipelines set some of them from
-    # outside (used by pipelines until v2 adoption: use init_cache(memories=...), save and load instead).
+    # kv / position / key_valid / memory are the cache's own state: the models update them, and the cache
+    # builds (from_memories), saves and loads them itself; callers read them but do not set them.
     def __init__(self, batch_size: Optional[int] = None, mode: Optional[str] = None):
         self.batch_size = batch_size
         self.mode = mode  # memory mode for lazily created states (None: the FwPKMConfig's)

@@ -50,7 +50,6 @@ class HFTokenizer:
         self.bos_id = self.eos_id
         pad = getattr(hf_tokenizer, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else self.eos_id
-        # used by pipelines until v2 adoption (generation.special_token_mask probes it): use special_token_mask()
         self.special_token_ids = frozenset(self._special_ids.values())
         self._bytes: Optional[list] = None
         self._lengths: Optional[np.ndarray] = None
@@ -100,10 +99,6 @@ class HFTokenizer:
             self._lengths = np.asarray([len(b) for b in self.token_bytes()], dtype=np.int32)
         return self._lengths
 
-    @property
-    def _fwpkm_byte_lengths(self) -> np.ndarray:
-        # used by pipelines until v2 adoption: pipelines.ingest.token_byte_lengths reads this attribute first
-        return self.token_byte_lengths()
 
     def _check_ids(self, ids) -> list:
         return check_token_ids(ids, self.vocab_size)

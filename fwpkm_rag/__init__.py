@@ -25,6 +25,7 @@ _LAZY = {
     "detach_fwpkm": "fwpkm_rag.modeling.attach",
     "AttachedFwPKMModel": "fwpkm_rag.modeling.attached",
     "load_backbone": "fwpkm_rag.backbone",
+    "load_reader": "fwpkm_rag.modeling.reader",
 }
 
 __all__ = [

@@ -13,7 +13,6 @@ the last q_conv-1 query projections for the causal query convolution.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from dataclasses import dataclass, replace

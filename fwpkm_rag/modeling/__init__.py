@@ -1,5 +1,6 @@
 """The FwPKM language models: the `MemoryLM` interface (protocol), the project's model (FwPKMForCausalLM, its
-config and streaming cache) and FwPKM attached to a pretrained decoder (attach, attached). docs/model.md.
+config and streaming cache), FwPKM attached to a pretrained decoder (attach, attached) and the plain reader
+(`ReaderLM`, SmolLM2-135M-Instruct without memory). docs/model.md.
 
 Names load on first use, so `fwpkm_rag.modeling.protocol` can be imported without transformers.
 """
@@ -17,6 +18,9 @@ _LAZY = {
     "AttachedFwPKMModel": "fwpkm_rag.modeling.attached",
     "AttachedCache": "fwpkm_rag.modeling.attached",
     "HFTokenizer": "fwpkm_rag.modeling.hf_tokenizer",
+    "TextDecoder": "fwpkm_rag.modeling.protocol",
+    "ReaderLM": "fwpkm_rag.modeling.reader",
+    "load_reader": "fwpkm_rag.modeling.reader",
 }
 
 __all__ = list(_LAZY)

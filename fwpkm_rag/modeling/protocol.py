@@ -28,7 +28,23 @@ if TYPE_CHECKING:
     from fwpkm_rag.modeling.cache import FwPKMCache
     from fwpkm_rag.modeling.streaming import FwPKMCausalLMOutput
 
-__all__ = ["MemoryLM", "MemoryLMConfig", "Tokenizer"]
+__all__ = ["MemoryLM", "MemoryLMConfig", "TextDecoder", "Tokenizer"]
+
+
+@runtime_checkable
+class TextDecoder(Protocol):
+    """What the one decode loop (`pipelines.generation.stream_generate`) needs of a model: every MemoryLM is one,
+    and so is a plain pretrained reader without memory (`modeling.reader.ReaderLM`)."""
+
+    @property
+    def device(self) -> "torch.device": ...
+
+    def get_tokenizer(self) -> Tokenizer: ...
+
+    def init_cache(self, batch_size: int = 1): ...
+
+    def __call__(self, input_ids: "torch.Tensor", *, cache=None, read_only: bool = False,
+                 logits_to_keep: int = 0): ...  # an output with .logits (B, T', vocab)
 
 
 @runtime_checkable

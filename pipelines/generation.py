@@ -6,8 +6,11 @@ question) or fresh (a private memory that the prompt writes as usual).
 
 Two modes (`stream_answer`):
 - "memory": the model answers from the store's memory by generation (the paper's mechanism).
-- "reader": classic RAG — the store's top k chunks for the last user message go into the prompt
-  (`reader_prompt`) and the model reads them with its memory off (an attached backbone's `as_reader()`).
+- "reader": classic RAG — a pretrained instruct model (the *reader*, by default SmolLM2-135M-Instruct,
+  offline: `modeling.reader.load_reader`) answers from text. With a store, the store's top k chunks for the
+  last user message go into its prompt (`reader_prompt`); without one, it reads the conversation as given
+  (e.g. a prompt an LCEL chain filled with retrieved chunks). Whatever model indexes the store, the reader is
+  a real instruct model: the tiny index model cannot read.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from fwpkm_rag.errors import InputError, QueryTooLongError, check_int
-from fwpkm_rag.modeling.protocol import MemoryLM, Tokenizer
+from fwpkm_rag.modeling.protocol import MemoryLM, TextDecoder, Tokenizer
 from fwpkm_rag.pipelines.index import MemoryIndex
 from fwpkm_rag.pipelines.retrieval import check_k, rank_chunks
 from fwpkm_rag.pipelines.settings import DEFAULT_MAX_QUERY_TOKENS
@@ -41,12 +44,19 @@ def format_prompt(tok: Tokenizer, messages: Sequence[tuple[str, str]], prompt_fo
     raise InputError(f"prompt_format must be 'chat' or 'qa', got {prompt_format!r}")
 
 
+READER_TEMPLATE = ("Read the text and answer the question.\n\nText:\n{context}\n\n"
+                   "Question: {question}\nReply with the answer only.")
+"""The user message of a classic RAG reader, as a format string ({context}, {question}): also usable as a
+LangChain prompt template (`ChatPromptTemplate.from_messages([("human", READER_TEMPLATE)])`)."""
+
+CLOSED_BOOK_TEMPLATE = "Question: {question}\nReply with the answer only."
+
+
 def reader_prompt(question: str, context: Optional[str]) -> str:
     """The user message of a classic RAG reader: the retrieved text, then the question (closed-book without)."""
     if context:
-        return (f"Read the text and answer the question.\n\nText:\n{context}\n\n"
-                f"Question: {question}\nReply with the answer only.")
-    return f"Question: {question}\nReply with the answer only."
+        return READER_TEMPLATE.format(context=context, question=question)
+    return CLOSED_BOOK_TEMPLATE.format(question=question)
 
 
 @dataclass
@@ -100,7 +110,7 @@ def _first_stop(text: str, stop: Sequence[str]) -> int:
 
 
 @torch.no_grad()
-def stream_generate(model: MemoryLM, cache, prompt_ids: list[int], *, read_only: bool,
+def stream_generate(model: TextDecoder, cache, prompt_ids: list[int], *, read_only: bool,
                     max_new_tokens: Optional[int] = 64, temperature: float = 0.0, top_p: float = 1.0,
                     seed: Optional[int] = 0, stop: Optional[Sequence[str]] = None, timeout: Optional[float] = None,
                     stats: Optional[GenerationStats] = None) -> Iterator[str]:
@@ -175,43 +185,52 @@ def check_conversation(conversation: Sequence[tuple[str, str]]) -> None:
             raise InputError(f"message #{n} is not valid Unicode: {text[exc.start]!r} at index {exc.start}") from None
 
 
-def reader_conversation(index: Optional[MemoryIndex], model: MemoryLM, conversation: list, k,
-                        stats: GenerationStats) -> tuple[MemoryLM, list]:
-    """(reader model, conversation): the store's top-k chunks for the last user message, in the classic RAG
-    prompt (`reader_prompt`); an attached backbone reads with its memory off (`as_reader`). The chunks read
-    are named in `stats.sources`."""
+def reader_conversation(index: Optional[MemoryIndex], conversation: list, k, stats: GenerationStats) -> list:
+    """The conversation a reader answers. With a store's `index`: its system messages, then the classic RAG
+    prompt (`reader_prompt`) over the store's top-k chunks for the last user message, which are named in
+    `stats.sources`. Without one: the conversation as given (its prompt already holds the text to read)."""
     if index is None:
-        raise InputError("mode='reader' needs a store to retrieve from: ChatFwPKM(store=store, mode='reader')")
+        return list(conversation)
     users = [t for r, t in conversation if r == "user"]
     if not users:
         raise InputError("mode='reader' needs a user message (the question)")
     hits = rank_chunks(index, users[-1], check_k(k))
     stats.sources = [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": h.score} for h in hits]
     context = "\n\n".join(h.text for h in hits)
-    return model.as_reader(), [(r, t) for r, t in conversation if r == "system"] + [("user", reader_prompt(users[-1], context))]
+    return [(r, t) for r, t in conversation if r == "system"] + [("user", reader_prompt(users[-1], context))]
 
 
-def stream_answer(conversation: list, *, model: MemoryLM, index: Optional[MemoryIndex] = None, mode: str = "memory", k: int = 4,
+def stream_answer(conversation: list, *, model: Optional[MemoryLM] = None, index: Optional[MemoryIndex] = None,
+                  mode: str = "memory", reader: Optional[TextDecoder] = None, k: int = 4,
                   prompt_format: str = "chat", max_new_tokens: Optional[int] = 32, temperature: float = 0.0,
                   top_p: float = 1.0, seed: Optional[int] = 0, stop: Optional[Sequence[str]] = None,
                   timeout: Optional[float] = None, stats: Optional[GenerationStats] = None) -> Iterator[str]:
     """The answer to a conversation [(role, text)], piece by piece.
 
-    With an `index` (a store's MemoryIndex), `model` is the store's model: "memory" mode reads the store's
-    published memory (read only), "reader" mode reads the store's top `k` chunks. Without one, `model` answers
-    from a fresh private memory. The prompt may hold at most the store's `max_query_tokens` tokens."""
+    "memory" mode: with an `index` (a store's MemoryIndex), `model` is the store's model and reads the store's
+    published memory (read only); without one, `model` answers from a fresh private memory. "reader" mode:
+    `reader` (default: `load_reader()`, SmolLM2-135M-Instruct) answers through its chat template from the
+    store's top `k` chunks when there is an `index`, else from the conversation as given (`model` and
+    `prompt_format` are not used). The prompt may hold at most the store's `max_query_tokens` tokens."""
     stats = stats if stats is not None else GenerationStats()
     check_conversation(conversation)
     if mode not in MODES:
         raise InputError(f"mode must be 'memory' or 'reader', got {mode!r}")
+    check_int("max_tokens", max_new_tokens, 1, error=InputError, optional=True)
     if mode == "reader":
-        model, conversation = reader_conversation(index, model, conversation, k, stats)
+        conversation = reader_conversation(index, conversation, k, stats)
+        if reader is None:
+            from fwpkm_rag.modeling.reader import load_reader  # lazy: loads SmolLM2 once (about a second)
+
+            reader = load_reader()
+        model, prompt_format = reader, "chat"
+    elif model is None:
+        raise InputError("mode='memory' needs the model whose memory answers")
     prompt = format_prompt(model.get_tokenizer(), conversation, prompt_format)
     limit = index.settings.max_query_tokens if index is not None else DEFAULT_MAX_QUERY_TOKENS
     if len(prompt) > limit:
         raise QueryTooLongError(f"the prompt is {len(prompt):,} tokens, over the limit of {limit:,} "
                                 "(max_query_tokens); shorten the conversation")
-    check_int("max_tokens", max_new_tokens, 1, error=InputError, optional=True)
     if mode == "reader" or index is None:
         # the reader's own fresh cache (the store is never touched), or a private memory the prompt writes
         cache, read_only = model.init_cache(1), mode == "reader"

@@ -1,5 +1,5 @@
 """`ChatFwPKM`: a LangChain BaseChatModel over `generation.stream_answer` (answers from an FwPKM model's memory,
-or reader mode over a store's retrieval). Thin: LangChain messages become (role, text) pairs, the answer's
+or a pretrained reader over retrieved text). Thin: LangChain messages become (role, text) pairs, the answer's
 pieces become message chunks with usage metadata."""
 from __future__ import annotations
 
@@ -33,15 +33,18 @@ def _role(message: BaseMessage) -> str:
 
 
 class ChatFwPKM(BaseChatModel):
-    """A chat model that answers from an FwPKM model's memory by generation.
+    """A chat model over an FwPKM store: a reader of retrieved text, or the model answering from its memory.
 
-    `ChatFwPKM(store=store)`: the store's model, reading the store's memory (read only: a question never changes
-    the store). `ChatFwPKM(model=m)`: a given FwPKMForCausalLM with a fresh memory per call. Neither: the
-    shipped default model with a fresh memory.
+    `mode="reader"`: classic RAG. A pretrained instruct model (`reader`; default SmolLM2-135M-Instruct, offline)
+    answers through its chat template. With a store it first retrieves the store's top `k` chunks for the last
+    user message (`response_metadata["sources"]` names them); without one it reads the messages as given, e.g.
+    in an LCEL chain `{"context": retriever | join, "question": ...} | prompt | ChatFwPKM(mode="reader")`.
+    The reader is never the index model: the tiny default model cannot read.
 
-    `mode="reader"` (with a store): classic RAG with the same model — the store's top `k` chunks for the last
-    user message are put in the prompt (`generation.reader_conversation`) and the model reads them with its
-    memory off (an attached backbone's `as_reader()`); `response_metadata["sources"]` names those chunks.
+    `mode="memory"` (the default; the paper's mechanism): `ChatFwPKM(store=store)` generates from the store's
+    memory (read only: a question never changes the store); `ChatFwPKM(model=m)` from a fresh memory of `m`
+    per call; neither: the shipped default model with a fresh memory. Its accuracy is measured, and still low,
+    in docs/model-card.md.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
@@ -61,6 +64,7 @@ class ChatFwPKM(BaseChatModel):
     # the store retrieves `k` chunks for the last user message and the model reads them (memory off).
     mode: str = "memory"
     k: int = 4
+    reader: Optional[Any] = Field(default=None, exclude=True)  # reader mode's model (default: load_reader())
 
     @property
     def _llm_type(self) -> str:
@@ -71,7 +75,9 @@ class ChatFwPKM(BaseChatModel):
         return {"model_name": self.model_name, "temperature": self.temperature, "max_tokens": self.max_tokens,
                 "prompt_format": self.prompt_format, "bound_to_store": self.store is not None, "mode": self.mode}
 
-    def _lm(self):
+    def _lm(self, mode: str):
+        if mode == "reader":
+            return None  # the reader answers; stream_answer loads the default one when `reader` is None
         if self.store is not None:
             return self.store.model
         if self.model is None:
@@ -83,9 +89,10 @@ class ChatFwPKM(BaseChatModel):
     def _stream_text(self, messages: list[BaseMessage], stop: Optional[list[str]], stats: GenerationStats, **kwargs):
         """The answer's text pieces (generation.stream_answer), with per-call overrides of the fields."""
         conversation = [(_role(m), m.text if hasattr(m, "text") else str(m.content)) for m in messages]
+        mode = kwargs.get("mode", self.mode)
         yield from stream_answer(
-            conversation, model=self._lm(), index=self.store.index if self.store is not None else None,
-            mode=kwargs.get("mode", self.mode), k=kwargs.get("k", self.k),
+            conversation, model=self._lm(mode), index=self.store.index if self.store is not None else None,
+            mode=mode, reader=self.reader, k=kwargs.get("k", self.k),
             prompt_format=kwargs.get("prompt_format", self.prompt_format),
             max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
             temperature=kwargs.get("temperature", self.temperature), top_p=kwargs.get("top_p", self.top_p),

@@ -61,15 +61,19 @@ def test_chat_answers_from_memory_and_as_a_reader(attached):
     memory_chat = ChatFwPKM(store=store, max_tokens=5)
     reply = memory_chat.invoke([HumanMessage("What is the capital of France?")])
     assert isinstance(reply.content, str) and reply.usage_metadata["output_tokens"] >= 1
-    reader_chat = ChatFwPKM(store=store, mode="reader", k=2, max_tokens=5)
+    reader = attached.as_reader()  # a stand-in for the default reader (SmolLM2), tested in test_smollm2_real
+    reader_chat = ChatFwPKM(store=store, mode="reader", reader=reader, k=2, max_tokens=5)
     r = reader_chat.invoke([SystemMessage("Be brief."), HumanMessage("What is the capital of France?")])
     assert r.response_metadata["sources"][0]["doc_id"] == "d2"
     # the reader's prompt holds the retrieved chunks: far longer than the question alone
     assert r.usage_metadata["input_tokens"] > 60
     with pytest.raises(ValueError, match="mode"):
         ChatFwPKM(store=store, mode="oracle").invoke([HumanMessage("hi")])
-    with pytest.raises(ValueError, match="needs a store"):
-        ChatFwPKM(model=attached, mode="reader").invoke([HumanMessage("hi")])
+    # without a store the reader reads the messages as given (an LCEL chain put the text in the prompt)
+    tok = reader.get_tokenizer()
+    alone = ChatFwPKM(mode="reader", reader=reader, max_tokens=3).invoke([HumanMessage("hi")])
+    assert alone.usage_metadata["input_tokens"] == len(format_prompt(tok, [("user", "hi")], "chat"))
+    assert "sources" not in alone.response_metadata
     for a, b in zip(before, store.index.view.memory):  # questions never change the store
         assert torch.equal(a.values.dense(0), b.values.dense(0))
 

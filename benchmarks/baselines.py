@@ -31,7 +31,7 @@ import threading
 import uuid
 from typing import Any, Sequence
 
-from fwpkm_rag.errors import ConfigError, InputError
+from fwpkm_rag.errors import ConfigError, InputError, check_int
 
 __all__ = [
     "BASELINES",
@@ -73,8 +73,7 @@ def _check_chunks(chunks: Sequence[str]) -> list[str]:
 def _check_query(query: str, k: int) -> None:
     if not isinstance(query, str):
         raise InputError(f"search() takes a str query, got {type(query).__name__}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k must be a positive int, got {k!r}")
+    check_int("k", k, 1)
 
 
 def deep_sizeof(obj: Any, _seen: set[int] | None = None) -> int:

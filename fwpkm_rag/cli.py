@@ -9,7 +9,7 @@ def _demo(args: argparse.Namespace) -> int:
     from fwpkm_rag.demo import run_demo
 
     return run_demo(tokens=args.tokens, facts=args.facts, distractors=args.distractors, seed=args.seed,
-                    baseline=not args.no_baseline, threads=args.threads)
+                    baseline=not args.no_baseline, threads=args.threads, read_k=args.read_k)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -134,23 +134,38 @@ def _ask(args: argparse.Namespace) -> int:
         text = " ".join(h.text.split())
         text = text if len(text) <= 300 else text[:297] + "..."
         print(f"  [{h.rank + 1}] score {h.score:8.3f}  {source} #chunk {h.chunk_index}\n      {text}")
-    if not args.no_answer:
+    if args.no_answer:
+        return 0
+    from fwpkm_rag.modeling.reader import reader_status
+
+    why = None if args.from_memory else reader_status()
+    if args.from_memory or why:
+        # the paper's mechanism: the index model completes the answer from its memory (docs/model-card.md)
         chat = ChatFwPKM(store=store, max_tokens=args.max_tokens, prompt_format=args.prompt_format)
-        start = time.perf_counter()
+        label = "answer from memory" + (f" (the reader is unavailable: {why})" if why else "")
+    else:
+        # classic RAG over the chunks above: SmolLM2-135M-Instruct reads them, whatever model indexes
+        chat = ChatFwPKM(store=store, mode="reader", k=args.k, max_tokens=args.max_tokens)
+        label = f"answer read from the top {args.k} chunk(s) by SmolLM2-135M-Instruct"
+    start = time.perf_counter()
+    try:
         answer = chat.invoke(args.question)
-        print(f"answer ({1000 * (time.perf_counter() - start):.0f} ms): {answer.text.strip()}")
+    except (FwPKMError, ImportError) as exc:
+        return _fail(str(exc))
+    print(f"{label} ({1000 * (time.perf_counter() - start):.0f} ms): {answer.text.strip()}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fwpkm-rag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the main job: hidden facts in a long text, retrieved and answered from memory, offline")
+    demo = sub.add_parser("demo", help="the main job: hidden facts in a long text, answered by a RAG chain over the FwPKM index, offline")
     demo.add_argument("--tokens", type=int, default=100_000, help="length of the text in tokens (default 100000)")
     demo.add_argument("--facts", type=int, default=5, help="facts hidden in the text (default 5)")
     demo.add_argument("--distractors", type=int, default=3, help="look-alike distractors per fact (default 3)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=2)
+    demo.add_argument("--read-k", type=int, default=1, help="chunks the reader reads per question (default 1)")
     demo.add_argument("--no-baseline", action="store_true", help="skip the MiniLM + FAISS comparison")
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="benchmarks (numbers go to a results folder)")
@@ -199,14 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--model", default=None, help="a model folder (default: the shipped model)")
     ing.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ing.set_defaults(run=_ingest)
-    ask = sub.add_parser("ask", help="retrieve chunks for a question from a store and answer it from memory")
+    ask = sub.add_parser("ask", help="retrieve chunks for a question from a store; a reader (SmolLM2) answers from them")
     ask.add_argument("question")
     ask.add_argument("--store", required=True, help="store folder written by `fwpkm-rag ingest`")
     ask.add_argument("-k", type=int, default=4, help="chunks to retrieve (default 4)")
     ask.add_argument("--no-answer", action="store_true", help="retrieval only, no generated answer")
+    ask.add_argument("--from-memory", action="store_true",
+                     help="answer by generation from the index model's memory (the paper's mechanism; low accuracy "
+                          "today, docs/model-card.md) instead of the reader over the retrieved chunks")
     ask.add_argument("--max-tokens", type=int, default=32, help="answer length limit in tokens (default 32)")
     ask.add_argument("--prompt-format", default="qa", choices=["qa", "chat"],
-                     help="qa: 'Question: ...\\nAnswer:' (the shipped model's format, default); chat: role tokens")
+                     help="--from-memory: qa: 'Question: ...\\nAnswer:' (the shipped model's format, default); chat: role tokens")
     ask.add_argument("--model", default=None, help="a model folder (default: the shipped model)")
     ask.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ask.set_defaults(run=_ask)

@@ -286,3 +286,6 @@ def test_cli_ingest_and_ask(small_model, tmp_path):
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert f"ID-4821 is {values['4821']}" in run.stdout and "score" in run.stdout and "answer" in run.stdout
+    run = subprocess.run(cli + ["ask", "What is the secret number for ID-4821?", "-k", "2", "--max-tokens", "4",
+                                "--from-memory"] + common, capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0 and "answer from memory" in run.stdout, run.stderr

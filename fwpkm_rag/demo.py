@@ -106,9 +106,8 @@ CHUNK_TOKENS, CHUNK_OVERLAP = 128, 32  # the overlap keeps a fact cut by a chunk
 def run_demo(tokens: int = 100_000, facts: int = 5, distractors: int = 3, k: int = 3, seed: int = 0,
              baseline: bool = True, threads: int = 2, read_k: int = 1) -> int:
     from fwpkm_rag import load_model
-    from fwpkm_rag.pipelines.chunking import chunk_spans
-    from fwpkm_rag.modeling.reader import reader_status
     from fwpkm_rag.pipelines import FwPKMStore
+    from fwpkm_rag.pipelines.chunking import chunk_spans
 
     torch.set_num_threads(threads)
     print("fwpkm-rag demo: a language model whose fast-weight memory is the retrieval index\n")
@@ -135,31 +134,53 @@ def run_demo(tokens: int = 100_000, facts: int = 5, distractors: int = 3, k: int
     baselines = _build_baselines(chunks, n_tokens) if baseline else {}
     print()
 
-    # ---- 1. the RAG chain -----------------------------------------------------------------------------------
+    read_ok = part_rag_chain(store, golds, read_k)
+    found = part_side_by_side(store, golds, chunks, baselines, k)
+    mem_ok = part_from_memory(model, store, golds)
+
+    print("summary")
+    if read_ok is not None:
+        print(f"   RAG chain (FwPKM retrieval + SmolLM2 reader): {read_ok}/{len(golds)} correct")
+    print("   gold chunk in the top %d: %s" % (k, "   ".join(f"{n} {c}/{len(golds)}" for n, c in found.items())))
+    print(f"   answers from memory alone: {mem_ok}/{len(golds)} start with the fact's value")
+    print("   the FwPKM index stays the same size whatever the corpus length (fixed slots, bounded provenance);\n"
+          "   a vector index grows by one 384-float vector per chunk. Full runs: docs/benchmarks.md.")
+    store.close()
+    return 0
+
+
+def part_rag_chain(store, golds, read_k: int):
+    """Part 1: each question through the LCEL chain, its answer and its sources. Returns how many were right
+    (None when the reader cannot load here)."""
+    from fwpkm_rag.modeling.reader import reader_status
+
     print(f"1. Answers from a LangChain RAG chain: FwPKMRetriever (top {read_k}) | prompt | ChatFwPKM(mode=\"reader\")"
           "\n   (the reader: SmolLM2-135M-Instruct, offline; FwPKM only indexes)")
     why = reader_status()
-    read_ok = None
     if why:
         print(f"   (skipped: {why})\n")
-    else:
-        chain = rag_chain(store, read_k)
-        read_ok = 0
-        for i, (_, fact) in enumerate(golds, 1):
-            t0 = time.perf_counter()
-            out = chain.invoke(fact.question)
-            ok = holds_value(out["answer"], fact.value)
-            read_ok += ok
-            print(f"Q{i}: {fact.question}\n   answer: {out['answer'].strip()!r}  {'correct' if ok else 'wrong'} "
-                  f"(the fact: {fact.value}; {time.perf_counter() - t0:.1f} s)")
-            for d in out["docs"]:
-                meta = d.metadata["fwpkm"]
-                holds = fact.key in d.page_content and fact.value in d.page_content
-                print(f"   source [{meta['rank'] + 1}] {d.id} chunk {meta['chunk_index']:>3}  score {meta['score']:7.2f}"
-                      f"{'  <- holds the fact' if holds else ''}")
-        print(f"   {read_ok}/{len(golds)} answered correctly\n")
+        return None
+    chain = rag_chain(store, read_k)
+    right = 0
+    for i, (_, fact) in enumerate(golds, 1):
+        t0 = time.perf_counter()
+        out = chain.invoke(fact.question)
+        ok = holds_value(out["answer"], fact.value)
+        right += ok
+        print(f"Q{i}: {fact.question}\n   answer: {out['answer'].strip()!r}  {'correct' if ok else 'wrong'} "
+              f"(the fact: {fact.value}; {time.perf_counter() - t0:.1f} s)")
+        for d in out["docs"]:
+            meta = d.metadata["fwpkm"]
+            holds = fact.key in d.page_content and fact.value in d.page_content
+            print(f"   source [{meta['rank'] + 1}] {d.id} chunk {meta['chunk_index']:>3}  score {meta['score']:7.2f}"
+                  f"{'  <- holds the fact' if holds else ''}")
+    print(f"   {right}/{len(golds)} answered correctly\n")
+    return right
 
-    # ---- 2. retrieval side by side ----------------------------------------------------------------------------
+
+def part_side_by_side(store, golds, chunks: list, baselines: dict, k: int) -> dict:
+    """Part 2: the rank of the chunk holding each fact in FwPKM and in each baseline, and query latency.
+    Returns {system: questions whose gold chunk was in the top k}."""
     print(f"2. Retrieval side by side: rank of the chunk holding the fact (top {k}; look-alike distractors present)")
     names = ["FwPKM"] + list(baselines)
     print("   " + "".join(f"{n:>16}" for n in ["question"] + names))
@@ -181,27 +202,21 @@ def run_demo(tokens: int = 100_000, facts: int = 5, distractors: int = 3, k: int
     print("   " + f"{'found':>16}" + "".join(f"{f'{found[n]}/{len(golds)}':>16}" for n in names))
     print("   " + f"{'p50 latency':>16}" + "".join(f"{1e3 * statistics.median(latency[n]):>13.0f} ms" for n in names))
     print()
+    return found
 
-    # ---- 3. answers from memory --------------------------------------------------------------------------------
+
+def part_from_memory(model, store, golds) -> int:
+    """Part 3: the index model completing each answer from its memory alone. Returns how many were right."""
     print("3. Answers generated from memory alone (the paper's mechanism; on the needle grid it is right 0-60% of\n"
           "   the time per cell, and rarely for values of 5+ tokens: docs/model-card.md)")
-    mem_ok = 0
+    right = 0
     for i, (_, fact) in enumerate(golds, 1):
         lead, answer = complete_from_memory(model, store, fact)
         ok = answer.strip().startswith(fact.value)
-        mem_ok += ok
+        right += ok
         print(f"   Q{i}: \"{lead}\" -> \"{answer}\"  {'correct' if ok else 'wrong'} (the fact: {fact.value})")
     print()
-
-    print("summary")
-    if read_ok is not None:
-        print(f"   RAG chain (FwPKM retrieval + SmolLM2 reader): {read_ok}/{len(golds)} correct")
-    print("   gold chunk in the top %d: %s" % (k, "   ".join(f"{n} {found[n]}/{len(golds)}" for n in names)))
-    print(f"   answers from memory alone: {mem_ok}/{len(golds)} start with the fact's value")
-    print("   the FwPKM index stays the same size whatever the corpus length (fixed slots, bounded provenance);\n"
-          "   a vector index grows by one 384-float vector per chunk. Full runs: docs/benchmarks.md.")
-    store.close()
-    return 0
+    return right
 
 
 def _build_baselines(chunks: list, n_tokens: int) -> dict:

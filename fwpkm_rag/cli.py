@@ -31,6 +31,13 @@ def _bench(args: argparse.Namespace) -> int:
 
         return run_niah_bench(_load_model(args.model), out_dir=args.out, quick=args.quick, threads=args.threads,
                               passes=args.passes, lengths=args.lengths)
+    if args.suite == "segments":
+        from fwpkm_rag.benchmarks.segments import run_segments_bench
+
+        run_segments_bench(out_dir=args.out, quick=args.quick, threads=args.threads, model_path=args.model,
+                           lengths=args.lengths, segment_tokens=args.segment_tokens,
+                           **({"parts": args.parts} if args.parts else {}))
+        return 0
     if args.suite in _SUITE_PARTS:
         from fwpkm_rag.benchmarks.suite import run_suite
 
@@ -169,21 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-baseline", action="store_true", help="skip the MiniLM + FAISS comparison")
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="benchmarks (numbers go to a results folder)")
-    bench.add_argument("suite", choices=["memory", "ops", "niah", "retrieval", "answers", "capacity", "paraphrase", "cost", "load"],
+    bench.add_argument("suite", choices=["memory", "ops", "niah", "retrieval", "answers", "capacity", "paraphrase", "cost", "load", "segments"],
                        help="memory: capacity curve and per-token cost; ops: FwPKM kernels vs the naive torch path; "
                             "niah: needle-in-a-haystack answers generated from memory; retrieval: FwPKM vs vector-database RAG "
                             "and BM25 (needles, answers, capacity, paraphrase, cost; the last four also run alone); load: 8 reader threads x 1,000 "
-                            "queries against one writer ingesting 1M tokens (errors, latency p50/p95/p99, writer tokens/s)")
+                            "queries against one writer ingesting 1M tokens (errors, latency p50/p95/p99, writer tokens/s); segments: the "
+                            "one-memory curve that sizes a segment, the merge strategies, the segmented store (issue 14)")
     bench.add_argument("--out", default="results", help="results folder (default ./results)")
     bench.add_argument("--quick", action="store_true", help="small sweep, finishes in seconds")
     bench.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     bench.add_argument("--model", default=None, help="niah: a model folder (default: the shipped model)")
     bench.add_argument("--passes", type=int, default=1, help="niah: reading passes over the haystack (spec §9)")
-    bench.add_argument("--lengths", type=int, nargs="+", default=None, help="niah, retrieval: haystack lengths in tokens")
+    bench.add_argument("--lengths", type=int, nargs="+", default=None, help="niah, retrieval, segments: haystack lengths in tokens")
     bench.add_argument("--scaling", action="store_true", help="retrieval: add 1M-token haystacks to the needle sweep")
-    bench.add_argument("--parts", nargs="+", default=None, choices=["needles", "answers", "capacity", "paraphrase", "cost"],
-                       help="retrieval: run only these parts")
+    bench.add_argument("--parts", nargs="+", default=None, choices=["needles", "answers", "capacity", "paraphrase", "cost",
+                                                                     "curve", "merge", "store"],
+                       help="retrieval (needles..cost), segments (curve, merge, store): run only these parts")
     bench.add_argument("--systems", nargs="+", default=None, help="retrieval: systems to compare (default all installed): fwpkm, bm25, minilm-faiss-flat, minilm-faiss-hnsw, minilm-inmemory, minilm-chroma, and fwpkm-smollm2 (FwPKM on the frozen SmolLM2 backbone, docs/backbone.md; not in the default set)")
+    bench.add_argument("--segment-tokens", type=int, default=None,
+                       help="segments: segment size of the segmented store measured (default: the size the curve chooses)")
     bench.add_argument("--no-reader", action="store_true", help="answers: skip the SmolLM2 reader")
     bench.set_defaults(run=_bench)
     tr = sub.add_parser("train", help="train a model through its memory updates (resumable; CPU, CUDA or torchrun)")

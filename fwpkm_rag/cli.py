@@ -1,4 +1,4 @@
-"""The `fwpkm-rag` command line: demo, ingest, ask, train, bench."""
+"""The `fwpkm-rag` command line: demo, ingest, ask, info, train, bench."""
 from __future__ import annotations
 
 import argparse
@@ -114,7 +114,8 @@ def _ingest(args: argparse.Namespace) -> int:
     except (FwPKMError, OSError) as exc:
         return _fail(str(exc))
     print(f"ingested {len(ids)} file(s), {tokens:,} tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s); "
-          f"store: {len(store)} documents, {store.index.n_live_chunks} chunks, index {store.index.nbytes() / 2**20:.1f} MiB; "
+          f"store: {len(store)} documents, {store.index.n_live_chunks} chunks in {len(store.index.segments)} segment(s), "
+          f"index {store.index.nbytes() / 2**20:.1f} MiB; "
           f"saved to {snapshot}")
     return 0
 
@@ -160,6 +161,44 @@ def _ask(args: argparse.Namespace) -> int:
     except (FwPKMError, ImportError) as exc:
         return _fail(str(exc))
     print(f"{label} ({1000 * (time.perf_counter() - start):.0f} ms): {answer.text.strip()}")
+    return 0
+
+
+def _folder_bytes(path: str) -> int:
+    import os
+
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def _info(args: argparse.Namespace) -> int:
+    import torch
+
+    from fwpkm_rag.errors import FwPKMError
+    from fwpkm_rag.pipelines import FwPKMStore
+    from fwpkm_rag.pipelines.persistence import segment_folders
+
+    torch.set_num_threads(args.threads)
+    try:
+        store = FwPKMStore.load(args.store, model=_load_model(args.model))
+        folders = segment_folders(args.store)
+    except (FwPKMError, OSError) as exc:
+        return _fail(str(exc))
+    stats = store.index.segment_stats()
+    print(f"store {args.store}: segment_tokens={store.settings.segment_tokens}, merge={store.settings.merge}, "
+          f"chunk_tokens={store.settings.chunk_tokens}")
+    print(f"{'segment':>7} {'sealed':>6} {'tokens':>12} {'parts':>8} {'live':>9} {'chunks':>9} {'bytes on disk':>15}")
+    for s in stats:
+        on_disk = _folder_bytes(folders[s["id"]]) if s["id"] in folders else 0
+        print(f"{s['id']:>7} {'yes' if s['sealed'] else 'no':>6} {s['tokens']:>12} {s['parts']:>8} "
+              f"{s['live_chunks']:>9} {s['chunks']:>9} {on_disk:>15,}")
+    total_disk = _folder_bytes(args.store)
+    print(f"total: {len(stats)} segments, {len(store)} documents, {sum(s['parts'] for s in stats)} parts, "
+          f"{sum(s['tokens'] for s in stats):,} tokens, {sum(s['live_chunks'] for s in stats):,} live chunks of "
+          f"{sum(s['chunks'] for s in stats):,}, {total_disk:,} bytes on disk (segments, catalog and manifest), "
+          f"index in memory {store.index.nbytes() / 2**20:.1f} MiB")
+    store.close()
     return 0
 
 
@@ -239,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default=None, help="a model folder (default: the shipped model)")
     ask.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ask.set_defaults(run=_ask)
+    info = sub.add_parser("info", help="a saved store's segments: sealed, tokens, documents (parts), live chunks, bytes on disk, totals")
+    info.add_argument("--store", required=True, help="store folder written by `fwpkm-rag ingest` or store.save()")
+    info.add_argument("--model", default=None, help="the model the store was built with (default: the shipped model)")
+    info.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    info.set_defaults(run=_info)
     return parser
 
 

@@ -22,8 +22,8 @@ import torch
 
 from fwpkm_rag.errors import InputError, QueryTooLongError, check_int
 from fwpkm_rag.modeling.protocol import MemoryLM, TextDecoder, Tokenizer
-from fwpkm_rag.pipelines.index import MemoryIndex
-from fwpkm_rag.pipelines.retrieval import check_k, rank_chunks
+from fwpkm_rag.pipelines.retrieval import check_k
+from fwpkm_rag.pipelines.segments import SegmentedIndex
 from fwpkm_rag.pipelines.settings import DEFAULT_MAX_QUERY_TOKENS
 
 def format_prompt(tok: Tokenizer, messages: Sequence[tuple[str, str]], prompt_format: str = "chat") -> list[int]:
@@ -185,7 +185,7 @@ def check_conversation(conversation: Sequence[tuple[str, str]]) -> None:
             raise InputError(f"message #{n} is not valid Unicode: {text[exc.start]!r} at index {exc.start}") from None
 
 
-def reader_conversation(index: Optional[MemoryIndex], conversation: list, k, stats: GenerationStats) -> list:
+def reader_conversation(index: Optional[SegmentedIndex], conversation: list, k, stats: GenerationStats) -> list:
     """The conversation a reader answers. With a store's `index`: its system messages, then the classic RAG
     prompt (`reader_prompt`) over the store's top-k chunks for the last user message, which are named in
     `stats.sources`. Without one: the conversation as given (its prompt already holds the text to read)."""
@@ -194,21 +194,21 @@ def reader_conversation(index: Optional[MemoryIndex], conversation: list, k, sta
     users = [t for r, t in conversation if r == "user"]
     if not users:
         raise InputError("mode='reader' needs a user message (the question)")
-    hits = rank_chunks(index, users[-1], check_k(k))
+    hits = index.search(users[-1], check_k(k))
     stats.sources = [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": h.score} for h in hits]
     context = "\n\n".join(h.text for h in hits)
     return [(r, t) for r, t in conversation if r == "system"] + [("user", reader_prompt(users[-1], context))]
 
 
-def stream_answer(conversation: list, *, model: Optional[MemoryLM] = None, index: Optional[MemoryIndex] = None,
+def stream_answer(conversation: list, *, model: Optional[MemoryLM] = None, index: Optional[SegmentedIndex] = None,
                   mode: str = "memory", reader: Optional[TextDecoder] = None, k: int = 4,
                   prompt_format: str = "chat", max_new_tokens: Optional[int] = 32, temperature: float = 0.0,
                   top_p: float = 1.0, seed: Optional[int] = 0, stop: Optional[Sequence[str]] = None,
                   timeout: Optional[float] = None, stats: Optional[GenerationStats] = None) -> Iterator[str]:
     """The answer to a conversation [(role, text)], piece by piece.
 
-    "memory" mode: with an `index` (a store's MemoryIndex), `model` is the store's model and reads the store's
-    published memory (read only); without one, `model` answers from a fresh private memory. "reader" mode:
+    "memory" mode: with an `index` (a store's SegmentedIndex), `model` is the store's model and reads the
+    store's published memory (its newest segment's, `StoreView.memory`; read only); without one, `model` answers from a fresh private memory. "reader" mode:
     `reader` (default: `load_reader()`, SmolLM2-135M-Instruct) answers through its chat template from the
     store's top `k` chunks when there is an `index`, else from the conversation as given (`model` and
     `prompt_format` are not used). The prompt may hold at most the store's `max_query_tokens` tokens."""

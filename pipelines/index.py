@@ -123,7 +123,10 @@ class MemoryIndex:
         self.lock = threading.RLock()  # one writer at a time (add, delete, rebuild, save)
         self._publish_lock = threading.Lock()  # swaps the published view; held only for a moment
         self.view: Optional[IndexView] = None
-        self._writing = False  # inside an add call (its private copies are the ones to change)
+        self._writing = False  # inside a write transaction (its private copies are the ones to change)
+        self._light = False  # the open transaction only deletes
+        self._saved: Optional[dict] = None  # what abort_write restores
+        self._queue: Optional[chunking.TokenQueue] = None
         self._unwritten = _ChunkPositions()
         self.publish()
 
@@ -190,13 +193,11 @@ class MemoryIndex:
         passes = self.settings.passes if passes is None else passes
         limit = (self.settings.max_document_chars if max_document_chars is _KEEP
                  else check_max_document_chars(max_document_chars))
-        bar = _progress_bar(self.settings.show_progress if show_progress is None else show_progress)
+        bar = progress_bar(self.settings.show_progress if show_progress is None else show_progress)
         ids_out: list[str] = []
         seen: dict = {}  # id -> its number in this call
         with self.lock, torch.no_grad():
-            saved = self._begin()
-            self._writing = True
-            queue = chunking.TokenQueue(self.settings.piece_tokens)  # tokens waiting for the next model call
+            self.begin_write()
             try:
                 for n, (doc_id, text, metadata) in enumerate(items):
                     chunking.check_text(text, n, limit)
@@ -205,28 +206,83 @@ class MemoryIndex:
                         raise DuplicateIdError(f"id {doc_id!r} appears twice in one add call (#{seen[doc_id]} and "
                                                f"#{n}): ids within one batch must be unique")
                     seen[doc_id] = n
-                    self._stream_document(queue, *self._register(doc_id, text, metadata), passes, bar)
+                    self.write_document(doc_id, text, metadata, passes=passes, bar=bar)
                     ids_out.append(doc_id)
-                if len(queue):
-                    self._run(queue.rest(), bar)
-                self._record(self.cache.flush())
-                self._unwritten.clear()
-                self._sync_meta()
-                self.publish()
+                self.prepare_write(bar)
+                self.commit_write()
             except BaseException:
-                self._abort(saved)  # the store is exactly as before this call
+                self.abort_write()  # the store is exactly as before this call
                 raise
             finally:
-                self._writing = False
                 if bar is not None:
                     bar.close()
         return ids_out
 
-    def _register(self, doc_id: str, text: str, metadata: Optional[dict]) -> tuple[np.ndarray, list[int], list[int]]:
-        """Chunk a document, store it and count its chunks' tokens. Returns its stream tokens (ids + eos, int32),
-        and per chunk the offset of its first core token in them and its chunk id."""
+    # ---- the two-phase write (one add call here; a store-wide call over many segments in segments.py) ----------
+    # begin_write -> write_document / delete ... -> prepare_write -> commit_write (publish), or abort_write at
+    # any point before commit_write: the index is then exactly as before begin_write. Callers hold `self.lock`.
+    def begin_write(self, *, light: bool = False) -> None:
+        """Open a write transaction on private copies of the state. `light`: a delete-only transaction, which
+        copies only the chunks' alive flags (write_document is then not allowed)."""
+        if self._writing:
+            raise RuntimeError("a write transaction is already open on this index")
+        if light:
+            self._saved = {"provenance": self.provenance}
+            self.provenance = self.provenance.with_own_alive()
+        else:
+            self._saved = self._begin()
+        self._light = light
+        self._queue = chunking.TokenQueue(self.settings.piece_tokens)  # tokens waiting for the next model call
+        self._writing = True
+
+    def write_document(self, doc_id: str, text: str, metadata: Optional[dict], *, passes: Optional[int] = None,
+                       bar=None, doc: Optional[chunking.ChunkedDocument] = None) -> None:
+        """Store and stream one checked document inside the open transaction (`doc`: its chunks, when the caller
+        has chunked it already; a part of a longer document cut at chunk boundaries, in segments.py)."""
+        if not self._writing or self._light:
+            raise RuntimeError("write_document needs an open (non-light) write transaction: begin_write()")
+        passes = self.settings.passes if passes is None else passes
+        self._stream_document(self._queue, *self._register(doc_id, text, metadata, doc), passes, bar)
+
+    @property
+    def stream_tokens(self) -> int:
+        """Tokens this index's stream holds, counting those queued in an open write transaction."""
+        return self.tokens_ingested + (len(self._queue) if self._writing and not self._light else 0)
+
+    def prepare_write(self, bar=None) -> None:
+        """Phase one: run what is queued, flush the memory's partial chunk, record the counters. After this only
+        commit_write (which cannot fail for lack of input) or abort_write remain."""
+        if not self._light:
+            if len(self._queue):
+                self._run(self._queue.rest(), bar)
+            self._record(self.cache.flush())
+            self._unwritten.clear()
+            self._sync_meta()
+
+    def commit_write(self) -> None:
+        """Phase two: publish the transaction's state to readers (documents committed, a new IndexView)."""
+        self.publish()
+        self._end_write()
+
+    def abort_write(self) -> None:
+        """Drop the transaction: documents rolled back, the private copies dropped."""
+        if not self._writing:
+            return
+        self._abort(self._saved)
+        self._end_write()
+
+    def _end_write(self) -> None:
+        self._writing, self._light, self._saved = False, False, None
+        self._queue = None
+
+    def _register(self, doc_id: str, text: str, metadata: Optional[dict],
+                  doc: Optional[chunking.ChunkedDocument] = None) -> tuple[np.ndarray, list[int], list[int]]:
+        """Chunk a document (unless `doc` holds its chunks), store it and count its chunks' tokens. Returns its
+        stream tokens (ids + eos, int32), and per chunk the offset of its first core token in them and its chunk
+        id."""
         meta_json = dump_metadata(metadata)
-        doc = chunking.chunk_document(self.tok, text, self.settings.chunk_tokens, self.settings.chunk_overlap)
+        if doc is None:
+            doc = chunking.chunk_document(self.tok, text, self.settings.chunk_tokens, self.settings.chunk_overlap)
         if self.docs.has(doc_id):
             self.delete([doc_id])
         first = self.next_chunk
@@ -311,17 +367,24 @@ class MemoryIndex:
                 raise
 
     # ---- rebuild --------------------------------------------------------------------------------------------
+    def rebuilt(self, *, passes: Optional[int] = None) -> "MemoryIndex":
+        """A fresh index (memory, provenance table, document database) holding this one's live documents (same
+        ids, texts, metadata, order), re-ingested; this index is not changed. Raises (and leaves nothing behind)
+        when the re-ingestion fails."""
+        fresh = MemoryIndex(self.model, self.settings)
+        try:
+            fresh.add(self.iter_documents(), passes=passes, max_document_chars=None)  # already admitted
+        except BaseException:
+            fresh.docs.close()
+            raise
+        return fresh
+
     def rebuild(self, *, passes: Optional[int] = None) -> None:
         """Re-ingest the live documents (same ids, texts, metadata, order) into a fresh memory, provenance
         table and document database, then swap them in: deleted or replaced content is gone from the fast
         weights too. Readers keep using the old state until the swap; a failure leaves the store as it was."""
         with self.lock:
-            fresh = MemoryIndex(self.model, self.settings)
-            try:
-                fresh.add(self.iter_documents(), passes=passes, max_document_chars=None)  # already admitted
-            except BaseException:
-                fresh.docs.close()
-                raise
+            fresh = self.rebuilt(passes=passes)
             with self._publish_lock:
                 for name in ("cache", "provenance", "chunk_df", "docs", "next_chunk", "next_seq", "tokens_ingested",
                              "at_boundary"):
@@ -364,7 +427,7 @@ class MemoryIndex:
             yield from self.docs.get_documents([doc_id])
 
 
-def _progress_bar(show: bool):
+def progress_bar(show: bool):
     if not show:
         return None
     from tqdm.auto import tqdm

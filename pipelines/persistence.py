@@ -1,23 +1,33 @@
-"""Saving and loading a store: atomic snapshots, no pickle.
+"""Saving and loading a store: one folder per segment, a catalog and a manifest, swapped atomically; no pickle.
 
-Layout of a store folder:
+Layout of a store folder (store format version 2, docs/segments.md):
 
-    DIR/CURRENT                      the name of the current snapshot (replaced atomically with os.replace)
-    DIR/snap-<time>-<rand>/
-        manifest.json                format name + version, model fingerprint, settings (StoreSettings.to_dict),
-                                     sha256 of every file
-        store.sqlite                 documents, chunks, counters, provenance table and token counts (blobs)
-        memory-<i>.safetensors       the memory state of FwPKM layer i (written by `cache.save`, read by
-                                     `model.load_cache`; MemoryState format, own checksum)
-        kv.safetensors               the sliding-window KV of every layer and the stream position
+    DIR/CURRENT                        the name of the current manifest (replaced atomically with os.replace)
+    DIR/manifest-<stamp>.json          format name + version 2, model fingerprint, settings
+                                       (StoreSettings.store_dict), the segments in order (id, sealed, folder,
+                                       tombstones: doc ids deleted from a sealed segment after its folder was
+                                       written), next segment id, the catalog file and its sha256
+    DIR/catalog-<stamp>.json           [[doc id, [segment ids of its parts, in order]], ...] in document order
+    DIR/seg-<id>-<uid>[-<stamp>]/      one segment: a version-1 snapshot folder, as single-memory stores wrote:
+        manifest.json                  format name + version 1, model fingerprint, settings, sha256 of every file
+        store.sqlite                   the segment's parts, chunks, counters, provenance table and token counts
+        memory-<i>.safetensors         the memory state of FwPKM layer i (`cache.save` / `model.load_cache`)
+        kv.safetensors                 the sliding-window KV of every layer and the stream position
 
-A save writes a new snapshot folder under a temporary name, fsyncs it, renames it, then points CURRENT at it
-(temp file + fsync + os.replace) and only then removes older snapshots. A crash (kill -9) at any moment leaves
-CURRENT naming a complete snapshot: the previous one or the new one.
+A sealed segment never changes (but for tombstones, kept in the manifest), so its folder `seg-<id>-<uid>` is
+written once and every later save into the same DIR reuses it: saving a large store writes the open segment,
+the catalog and the manifest. The open segment is written anew (`seg-<id>-<uid>-<stamp>`) by every save.
 
-`load` checks the manifest's format version and every file's sha256 (StateFormatError when a file is missing,
-truncated or modified) and that the model is the one the store was built with: a sha256 fingerprint of its
-config and parameters (ModelMismatchError otherwise).
+A save writes each new folder under a temporary name, fsyncs it and renames it, writes the catalog and the
+manifest the same way, then points CURRENT at the manifest (temp file + fsync + os.replace) and only then
+removes what no current manifest names (older manifests, catalogs and open-segment folders, compacted
+segments, leftovers of interrupted saves, a version-1 snapshot). A crash (kill -9) at any moment leaves
+CURRENT naming a complete manifest whose files are all there: the previous one or the new one.
+
+`load` checks the formats, every file's sha256 (StateFormatError when a file is missing, truncated or
+modified) and that the model is the one the store was built with (ModelMismatchError otherwise). A version-1
+store (CURRENT naming one `snap-*` folder: one memory, no segments) loads as a one-segment store; its next
+save writes version 2.
 """
 from __future__ import annotations
 
@@ -32,11 +42,16 @@ from fwpkm_rag.errors import ModelMismatchError, StateFormatError
 from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines.docstore import DocStore
 from fwpkm_rag.pipelines.index import MemoryIndex
+from fwpkm_rag.pipelines.segments import Segment, SegmentedIndex
 from fwpkm_rag.pipelines.settings import StoreSettings
 
 FORMAT_NAME = "fwpkm-store"
 FORMAT_VERSION = 1
+"""The format version of a snapshot folder (one memory): every segment folder, and whole version-1 stores."""
+STORE_FORMAT_VERSION = 2
+"""The format version of a segmented store's manifest."""
 POINTER = "CURRENT"
+_OURS = ("seg-", "snap-", "manifest-", "catalog-", ".tmp-", f".{POINTER}.")  # what a save may clean up
 
 def model_fingerprint(model: MemoryLM) -> str:
     """sha256 of the model's config (JSON) and every parameter and persistent buffer (names, shapes, bytes)."""
@@ -72,14 +87,16 @@ def _fsync_dir(path: str) -> None:
 
 
 def save_index(index: MemoryIndex, directory: str) -> str:
-    """Write a new snapshot of `index` into `directory` and make it current; returns the snapshot path."""
+    """Write one MemoryIndex as a version-1 store (one snapshot folder, no segments) into `directory` and make it
+    current; returns the snapshot path. The format stores saved before segments; `FwPKMStore.save` writes
+    version 2 (`save_store`). Kept to make and test version-1 stores."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     name = f"snap-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
     tmp = os.path.join(directory, f".tmp-{name}")
     os.makedirs(tmp)
     try:
-        _write_snapshot(index, tmp)
+        write_snapshot(index, tmp, model_fingerprint(index.model))
         final = os.path.join(directory, name)
         os.rename(tmp, final)
         _fsync_dir(directory)
@@ -95,8 +112,9 @@ def save_index(index: MemoryIndex, directory: str) -> str:
     return final
 
 
-def _write_snapshot(index: MemoryIndex, folder: str) -> None:
-    """The snapshot's files in `folder` (consistent: taken under the writer lock), its manifest, all fsynced."""
+def write_snapshot(index: MemoryIndex, folder: str, fingerprint: str) -> None:
+    """The snapshot's files in `folder` (consistent: taken under the writer lock), its manifest, all fsynced.
+    `fingerprint`: the model's (`model_fingerprint`, computed once per save)."""
     with index.lock:
         index.save_state()
         index.docs.backup_to(os.path.join(folder, "store.sqlite"))
@@ -105,7 +123,7 @@ def _write_snapshot(index: MemoryIndex, folder: str) -> None:
         manifest = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
-            "model_fingerprint": model_fingerprint(index.model),
+            "model_fingerprint": fingerprint,
             "settings": index.settings.to_dict(),
             "n_memories": len(index.cache.memory),
             "files": {f: _sha256_file(os.path.join(folder, f)) for f in files},
@@ -149,6 +167,21 @@ def current_snapshot(directory: str) -> str:
     return os.path.join(directory, name)
 
 
+def current_name(directory: str) -> str:
+    """What CURRENT names: a manifest (`manifest-*.json`, version 2) or a snapshot folder (`snap-*`, version 1)."""
+    directory = os.fspath(directory)
+    pointer = os.path.join(directory, POINTER)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no store at {directory}: the folder does not exist")
+    if not os.path.exists(pointer):
+        raise StateFormatError(f"{directory} is not an fwpkm store: it has no {POINTER} file (saved with store.save())")
+    with open(pointer) as fh:
+        name = fh.read().strip()
+    if not name.startswith(("snap-", "manifest-")) or os.sep in name or not os.path.exists(os.path.join(directory, name)):
+        raise StateFormatError(f"{pointer} names a manifest or snapshot {name!r} that is not in {directory}")
+    return name
+
+
 def read_manifest(snapshot: str) -> dict:
     path = os.path.join(snapshot, "manifest.json")
     try:
@@ -166,10 +199,9 @@ def read_manifest(snapshot: str) -> dict:
     return manifest
 
 
-def load_index(directory: str, model: MemoryLM, **overrides) -> MemoryIndex:
-    """Rebuild a MemoryIndex from the current snapshot in `directory` over `model`; `overrides`: StoreSettings
-    fields on top of the saved ones (e.g. the limits, which snapshots do not record)."""
-    snapshot = current_snapshot(directory)
+def load_snapshot(snapshot: str, model: MemoryLM, settings: StoreSettings, fingerprint: str) -> MemoryIndex:
+    """A MemoryIndex from one snapshot folder (a segment, or a version-1 store's snapshot) over `model`, whose
+    fingerprint is `fingerprint`; files, checksums and the model checked."""
     manifest = read_manifest(snapshot)
     for fname, digest in manifest.get("files", {}).items():
         path = os.path.join(snapshot, fname)
@@ -177,16 +209,178 @@ def load_index(directory: str, model: MemoryLM, **overrides) -> MemoryIndex:
             raise StateFormatError(f"{path} is missing: the snapshot is incomplete")
         if _sha256_file(path) != digest:
             raise StateFormatError(f"{path} failed its checksum: the file was modified or corrupted")
-    if manifest.get("model_fingerprint") != model_fingerprint(model):
+    if manifest.get("model_fingerprint") != fingerprint:
         raise ModelMismatchError(
-            f"the store in {directory} was built with another model (config or weights differ): load it with the "
-            "model it was built with (FwPKMStore.load(dir, model=...)), or re-ingest the documents with this one"
+            f"the store in {os.path.dirname(snapshot)} was built with another model (config or weights differ): "
+            "load it with the model it was built with (FwPKMStore.load(dir, model=...)), or re-ingest the "
+            "documents with this one"
         )
     if manifest.get("n_memories") != len(model.config.fwpkm_layers):
         raise ModelMismatchError(f"the store holds {manifest.get('n_memories')} memories, the model has "
                                  f"{len(model.config.fwpkm_layers)} FwPKM layers")
-    settings = StoreSettings.from_dict(manifest["settings"], **overrides)
+    saved = StoreSettings.from_dict(manifest["settings"])
     docs = DocStore(os.path.join(snapshot, "store.sqlite"))
-    index = MemoryIndex(model, settings, _docstore=docs)
+    index = MemoryIndex(model, settings.replace(**saved.to_dict()), _docstore=docs)
     index.restore_state(model.load_cache(snapshot), source=f"{snapshot}/store.sqlite")
     return index
+
+
+def load_index(directory: str, model: MemoryLM, **overrides) -> MemoryIndex:
+    """Rebuild a MemoryIndex from the current snapshot of a version-1 store in `directory` over `model`;
+    `overrides`: StoreSettings fields on top of the saved ones (e.g. the limits, which snapshots do not record)."""
+    snapshot = current_snapshot(directory)
+    settings = StoreSettings.from_dict(read_manifest(snapshot)["settings"], **overrides)
+    return load_snapshot(snapshot, model, settings, model_fingerprint(model))
+
+
+# ---- segmented stores (version 2) ---------------------------------------------------------------------------------
+def _write_json(directory: str, name: str, value) -> str:
+    """`value` as JSON in DIR/name, atomically (temp file, fsync, rename); returns its sha256."""
+    tmp = os.path.join(directory, f".tmp-{name}")
+    with open(tmp, "w") as fh:
+        json.dump(value, fh, ensure_ascii=False, separators=(",", ":"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(tmp, os.path.join(directory, name))
+    return _sha256_file(os.path.join(directory, name))
+
+
+def _write_segment(index: MemoryIndex, directory: str, name: str, fingerprint: str) -> None:
+    tmp = os.path.join(directory, f".tmp-{name}")
+    os.makedirs(tmp)
+    try:
+        write_snapshot(index, tmp, fingerprint)
+        os.rename(tmp, os.path.join(directory, name))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def segment_folder(segment: Segment, stamp: str) -> str:
+    """A segment's folder name: fixed once sealed (written once, then reused), new for each save while open."""
+    base = f"seg-{segment.id:06d}-{segment.uid}"
+    return base if segment.sealed else f"{base}-{stamp}"
+
+
+def save_store(store: SegmentedIndex, directory: str) -> str:
+    """Write `store` into `directory` (new and changed segment folders, the catalog, a manifest) and make the
+    manifest current; returns its path. Sealed segments already in `directory` are not written again."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    fingerprint = model_fingerprint(store.model)
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+    manifest_name, catalog_name = f"manifest-{stamp}.json", f"catalog-{stamp}.json"
+    written: list = []  # what this save created: removed again if it fails before CURRENT points at it
+    swapped = False
+    with store.lock:
+        try:
+            entries = []
+            for segment in store.segments:
+                name = segment_folder(segment, stamp)
+                if not os.path.isdir(os.path.join(directory, name)):  # a sealed one may be there already
+                    _write_segment(segment.index, directory, name, fingerprint)
+                    written.append(name)
+                entries.append({"id": segment.id, "sealed": segment.sealed, "folder": name,
+                                "tombstones": list(segment.tombstones)})
+            written.append(catalog_name)
+            catalog_sha = _write_json(directory, catalog_name, [[d, list(p)] for d, p in store.catalog.items()])
+            manifest = {
+                "format": FORMAT_NAME,
+                "version": STORE_FORMAT_VERSION,
+                "model_fingerprint": fingerprint,
+                "settings": store.settings.store_dict(),
+                "n_memories": len(store.model.config.fwpkm_layers),
+                "next_segment": store.next_segment,
+                "segments": entries,
+                "catalog": {"file": catalog_name, "sha256": catalog_sha},
+            }
+            written.append(manifest_name)
+            _write_json(directory, manifest_name, manifest)
+            _fsync_dir(directory)
+            _point_current(directory, manifest_name)
+            swapped = True
+        except BaseException:
+            if not swapped:
+                for name in written:
+                    path = os.path.join(directory, name)
+                    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
+            raise
+    # What the current manifest does not name is garbage now.
+    keep = {e["folder"] for e in entries} | {manifest_name, catalog_name, POINTER}
+    for entry in os.listdir(directory):
+        if entry not in keep and entry.startswith(_OURS):
+            path = os.path.join(directory, entry)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
+    return os.path.join(directory, manifest_name)
+
+
+def read_store_manifest(directory: str, name: str) -> dict:
+    path = os.path.join(directory, name)
+    try:
+        with open(path) as fh:
+            manifest = json.load(fh)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StateFormatError(f"{path} is not valid JSON (corrupted): {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise StateFormatError(f"{path} is not an fwpkm store manifest")
+    if manifest.get("version") != STORE_FORMAT_VERSION:
+        raise StateFormatError(f"{path} was written in store format version {manifest.get('version')!r}; this "
+                               f"library reads versions {FORMAT_VERSION} and {STORE_FORMAT_VERSION}")
+    return manifest
+
+
+def load_store(directory: str, model: MemoryLM, **overrides) -> SegmentedIndex:
+    """The store saved in `directory` over `model` (a version-2 store, or a version-1 store as one segment);
+    `overrides`: StoreSettings fields on top of the saved ones (e.g. the limits, which are not saved)."""
+    directory = os.fspath(directory)
+    name = current_name(directory)
+    if name.startswith("snap-"):  # version 1: one memory, no segments -> a one-segment store
+        index = load_index(directory, model, **overrides)
+        return SegmentedIndex(model, index.settings, _segments=[Segment(0, index)],
+                              _catalog={doc_id: (0,) for doc_id in index.docs.doc_ids()}, _next_segment=1)
+    manifest = read_store_manifest(directory, name)
+    fingerprint = model_fingerprint(model)
+    if manifest.get("model_fingerprint") != fingerprint:
+        raise ModelMismatchError(
+            f"the store in {directory} was built with another model (config or weights differ): load it with the "
+            "model it was built with (FwPKMStore.load(dir, model=...)), or re-ingest the documents with this one"
+        )
+    try:
+        settings = StoreSettings.from_dict(manifest["settings"], **overrides)
+        entries, catalog_ref, next_segment = manifest["segments"], manifest["catalog"], manifest["next_segment"]
+        catalog_path = os.path.join(directory, catalog_ref["file"])
+    except (KeyError, TypeError) as exc:
+        raise StateFormatError(f"{directory}/{name} lacks an entry: {exc}") from None
+    if not os.path.exists(catalog_path):
+        raise StateFormatError(f"{catalog_path} is missing: the store is incomplete")
+    if _sha256_file(catalog_path) != catalog_ref.get("sha256"):
+        raise StateFormatError(f"{catalog_path} failed its checksum: the file was modified or corrupted")
+    with open(catalog_path) as fh:
+        catalog = {doc_id: tuple(parts) for doc_id, parts in json.load(fh)}
+    segments = []
+    try:
+        for entry in entries:
+            folder = os.path.join(directory, entry["folder"])
+            if os.sep in entry["folder"] or not os.path.isdir(folder):
+                raise StateFormatError(f"{folder} is missing: the store is incomplete")
+            index = load_snapshot(folder, model, settings, fingerprint)
+            segments.append(Segment(entry["id"], index))  # closed below on failure
+            if entry["tombstones"]:
+                index.delete(entry["tombstones"])
+            uid = entry["folder"].split("-")[2]
+            segments[-1] = Segment(entry["id"], index, bool(entry["sealed"]), uid, tuple(entry["tombstones"]))
+    except BaseException:
+        for segment in segments:
+            segment.index.docs.close()
+        raise
+    return SegmentedIndex(model, settings, _segments=segments, _catalog=catalog, _next_segment=next_segment)
+
+
+def segment_folders(directory: str) -> dict:
+    """{segment id: its folder} of the store saved in `directory` (a version-1 store: {0: its snapshot})."""
+    directory = os.fspath(directory)
+    name = current_name(directory)
+    if name.startswith("snap-"):
+        return {0: os.path.join(directory, name)}
+    manifest = read_store_manifest(directory, name)
+    return {e["id"]: os.path.join(directory, e["folder"]) for e in manifest.get("segments", [])}

@@ -50,10 +50,12 @@ class Hit:
     score: float
     rank: int
     matched_slots: list = field(default_factory=list)  # [(layer, slot, contribution)], strongest first
+    segment: int = 0  # id of the segment holding the chunk (chunk ids are local to their segment)
 
     def provenance(self) -> dict:
         """The "fwpkm" metadata entry of retriever Documents."""
-        out = {"chunk_id": self.chunk_id, "chunk_index": self.chunk_index, "score": self.score, "rank": self.rank}
+        out = {"chunk_id": self.chunk_id, "chunk_index": self.chunk_index, "score": self.score, "rank": self.rank,
+               "segment": self.segment}
         source = self.metadata.get("source")
         if source is not None:
             out["source"] = source
@@ -200,22 +202,52 @@ def rank_chunks(index: MemoryIndex, query: str, k: int, *, with_matches: bool = 
     k = check_k(k)
     check_query(index.tok, query, index.settings.max_query_tokens)  # errors first, even on an empty store
     with index.snapshot() as (view, db):
-        table = view.provenance
-        if k == 0 or table.n_chunks == 0 or not bool(table.alive.any()):
-            return []
-        q = read_question(index, query, view)
-        scores = score_chunks(table, q.reads, q.token_weight)
-        chosen = _top_k(scores, table.alive, k)
-        records = view.docs.get_chunks(chosen, db)
-        hits = []
-        for rank, cid in enumerate(chosen):
-            rec = records.get(cid)
-            if rec is None:  # pragma: no cover - alive chunks always have a record in the same snapshot
-                raise RuntimeError(f"chunk {cid} is live in the memory view but missing from the documents")
-            score = float(scores[cid]) if torch.isfinite(scores[cid]) else 0.0
-            matches = []
-            if with_matches and score > 0:
-                matches = [(m.layer, m.slot, m.contribution)
-                           for m in slot_matches(table, q.reads, cid, q.token_weight, top=match_top)]
-            hits.append(Hit(cid, rec.doc_id, rec.index, rec.text, rec.metadata, score, rank, matches))
-        return hits
+        ranked = rank_view(index, view, query, k)
+        return hits_of(index, view, db, ranked, with_matches=with_matches, match_top=match_top)
+
+
+@dataclass
+class Ranked:
+    """One view's top k for a question, before the documents are read: chunk ids best first and their scores."""
+
+    chosen: list  # chunk ids
+    scores: list  # float score of each (0 for padding chunks that did not score)
+    reads: Optional[QueryReads] = None
+
+
+def rank_view(index: MemoryIndex, view: IndexView, query: str, k: int) -> Ranked:
+    """The k best live chunks of one published view (no documents read: safe on any thread). `index` gives the
+    model, tokenizer and limits; the question must have passed `check_query` already."""
+    table = view.provenance
+    if k == 0 or table.n_chunks == 0 or not bool(table.alive.any()):
+        return Ranked([], [])
+    q = read_question(index, query, view)
+    scores = score_chunks(table, q.reads, q.token_weight)
+    chosen = _top_k(scores, table.alive, k)
+    values = [float(scores[c]) if torch.isfinite(scores[c]) else 0.0 for c in chosen]
+    return Ranked(chosen, values, q)
+
+
+def hits_of(index: MemoryIndex, view: IndexView, db, ranked: Ranked, *, segment: int = 0,
+            with_matches: bool = False, match_top: int = 8) -> list[Hit]:
+    """`ranked`'s chunks as Hits: texts and metadata from `view`'s documents through the reader `db` (whose
+    read transaction matches `view`), ranks 0.., matched slots when asked."""
+    records = view.docs.get_chunks(ranked.chosen, db)
+    hits = []
+    for rank, (cid, score) in enumerate(zip(ranked.chosen, ranked.scores)):
+        rec = records.get(cid)
+        if rec is None:  # pragma: no cover - alive chunks always have a record in the same snapshot
+            raise RuntimeError(f"chunk {cid} is live in the memory view but missing from the documents")
+        hit = Hit(cid, rec.doc_id, rec.index, rec.text, rec.metadata, score, rank, [], segment)
+        if with_matches:
+            add_matches(view, ranked, hit, match_top)
+        hits.append(hit)
+    return hits
+
+
+def add_matches(view: IndexView, ranked: Ranked, hit: Hit, match_top: int = 8) -> None:
+    """Fill `hit.matched_slots` (the slots it scored through) from the question's reads of `view`."""
+    if hit.score > 0 and ranked.reads is not None:
+        q = ranked.reads
+        hit.matched_slots = [(m.layer, m.slot, m.contribution)
+                             for m in slot_matches(view.provenance, q.reads, hit.chunk_id, q.token_weight, top=match_top)]

@@ -23,7 +23,16 @@ DEFAULT_MAX_QUERY_TOKENS = 8192
 """Default `max_query_tokens`: questions and chat prompts longer than this raise QueryTooLongError."""
 
 SNAPSHOT_FIELDS = ("chunk_tokens", "chunk_overlap", "piece_tokens", "per_slot", "passes")
-"""The settings a snapshot's manifest records (the format of version 1 stores)."""
+"""The settings a snapshot's manifest records (the format of version 1 stores, and of every segment folder)."""
+
+STORE_FIELDS = SNAPSHOT_FIELDS + ("segment_tokens", "merge")
+"""The settings a segmented store's manifest records (store format version 2, docs/segments.md)."""
+
+DEFAULT_SEGMENT_TOKENS = 131072
+"""Default `segment_tokens`. provisional: replaced by the measured default of `fwpkm-rag bench segments`."""
+
+MERGE_STRATEGIES = ("raw", "max", "rrf")
+"""How the segments' rankings are merged (pipelines/merge.py): raw scores (default), per-segment max, or RRF."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,9 @@ class StoreSettings:
     show_progress: a tqdm bar with tokens/s while ingesting.
     max_query_tokens: longest question / prompt in tokens (None: the default, 8192).
     max_document_chars: longest document in characters (None: no limit).
+    segment_tokens: stream tokens per segment (docs/segments.md): a segment holding this many is sealed and a new
+        one opens; a longer document is split across segments at chunk boundaries. None: one unbounded segment.
+    merge: how the segments' rankings are merged: "raw" scores (default), "max" (per-segment normalised), "rrf".
     """
 
     chunk_tokens: int = 256
@@ -48,6 +60,8 @@ class StoreSettings:
     show_progress: bool = False
     max_query_tokens: Optional[int] = DEFAULT_MAX_QUERY_TOKENS
     max_document_chars: Optional[int] = DEFAULT_MAX_DOCUMENT_CHARS
+    segment_tokens: Optional[int] = DEFAULT_SEGMENT_TOKENS  # provisional: replaced by the measured default of `fwpkm-rag bench segments`
+    merge: str = "raw"
 
     def __post_init__(self) -> None:
         # Validated in the order earlier versions did, so a call with two bad values names the same one.
@@ -61,6 +75,9 @@ class StoreSettings:
         if self.chunk_overlap >= self.chunk_tokens:
             raise ConfigError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens "
                               f"({self.chunk_tokens})")
+        check_int("segment_tokens", self.segment_tokens, 2, optional=True)
+        if not isinstance(self.merge, str) or self.merge not in MERGE_STRATEGIES:
+            raise ConfigError(f"merge must be one of {', '.join(map(repr, MERGE_STRATEGIES))}, got {self.merge!r}")
 
     @classmethod
     def field_names(cls) -> frozenset:
@@ -75,10 +92,14 @@ class StoreSettings:
         """The settings a snapshot's manifest records (`SNAPSHOT_FIELDS`)."""
         return {name: getattr(self, name) for name in SNAPSHOT_FIELDS}
 
+    def store_dict(self) -> dict:
+        """The settings a segmented store's manifest records (`STORE_FIELDS`)."""
+        return {name: getattr(self, name) for name in STORE_FIELDS}
+
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any], **overrides: Any) -> "StoreSettings":
         """Settings from a manifest's `settings` entry, with `overrides` (any field) on top."""
-        unknown = set(saved) - set(SNAPSHOT_FIELDS)
+        unknown = set(saved) - set(STORE_FIELDS)
         if unknown:
             raise ConfigError(f"unknown store settings in the snapshot: {sorted(unknown)}")
         return cls(**{**saved, **overrides})

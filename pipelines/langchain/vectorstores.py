@@ -1,4 +1,5 @@
-"""`FwPKMStore`: a LangChain VectorStore over `MemoryIndex` (index.py) and `retrieval.rank_chunks`.
+"""`FwPKMStore`: a LangChain VectorStore over `SegmentedIndex` (segments.py: segments of `MemoryIndex`, queries
+fanned out and merged).
 
 Thin: LangChain's argument shapes (iterables of texts / Documents / paths, ids, metadatas) become the
 (id, text, metadata) items the index ingests, and `Hit`s become Documents. Two views of a search result
@@ -18,9 +19,9 @@ from langchain_core.vectorstores import VectorStore
 
 from fwpkm_rag.errors import InputError, InputTypeError
 from fwpkm_rag.pipelines.files import file_documents
-from fwpkm_rag.pipelines.index import MemoryIndex
 from fwpkm_rag.pipelines.langchain.retrievers import FwPKMRetriever
-from fwpkm_rag.pipelines.retrieval import Hit, rank_chunks
+from fwpkm_rag.pipelines.retrieval import Hit
+from fwpkm_rag.pipelines.segments import SegmentedIndex
 from fwpkm_rag.pipelines.settings import StoreSettings
 
 _ADD_ARGS = ("passes", "show_progress", "max_document_chars")  # settings one add call may override
@@ -32,18 +33,20 @@ class FwPKMStore(VectorStore):
     `FwPKMStore(model=None, settings=None, **settings_kwargs)`: with no model, the shipped default
     (`fwpkm_rag.load_default_model()`); the keyword arguments are `StoreSettings` fields (chunk_tokens=256,
     chunk_overlap=0, piece_tokens=2048, per_slot=32, passes=1, show_progress=False, max_query_tokens=8192,
-    max_document_chars=10,000,000), applied on top of `settings`. Each store has its own isolated memory.
+    max_document_chars=10,000,000, segment_tokens=131072, merge="raw"), applied on top of `settings`. Each
+    store has its own isolated memories: a list of segments of at most `segment_tokens` stream tokens each,
+    queried together (docs/segments.md).
 
     `max_document_chars`: a longer document raises DocumentTooLargeError before it is tokenized and its add
     call changes nothing; pass None (here or to one add call) to ingest documents of any size, in memory
     proportional to the document (about 6 bytes per character on top of the text itself).
     """
 
-    def __init__(self, model=None, settings: Optional[StoreSettings] = None, *, _index: Optional[MemoryIndex] = None,
-                 **settings_kwargs: Any):
+    def __init__(self, model=None, settings: Optional[StoreSettings] = None, *,
+                 _index: Optional[SegmentedIndex] = None, **settings_kwargs: Any):
         if _index is None:
             settings = (StoreSettings() if settings is None else settings).replace(**settings_kwargs)
-            _index = MemoryIndex(model if model is not None else _default_model(), settings)
+            _index = SegmentedIndex(model if model is not None else _default_model(), settings)
         self.index = _index
 
     # ---- properties ---------------------------------------------------------------------------------------
@@ -60,11 +63,11 @@ class FwPKMStore(VectorStore):
         return None  # no embedding model: the memory is the index
 
     def __len__(self) -> int:
-        with self.index.snapshot() as (view, db):
-            return view.docs.n_documents(db)
+        return len(self.index)
 
     def __repr__(self) -> str:
-        return (f"FwPKMStore(documents={len(self)}, chunks={self.index.n_live_chunks}, "
+        return (f"FwPKMStore(documents={len(self)}, segments={len(self.index.segments)}, "
+                f"chunks={self.index.n_live_chunks}, "
                 f"tokens_ingested={self.index.tokens_ingested}, chunk_tokens={self.settings.chunk_tokens})")
 
     # ---- adding -------------------------------------------------------------------------------------------
@@ -134,9 +137,7 @@ class FwPKMStore(VectorStore):
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         ids = _id_list(ids, "get_by_ids")
-        with self.index.snapshot() as (view, db):
-            return [Document(page_content=text, metadata=meta, id=doc_id)
-                    for doc_id, text, meta in view.docs.get_documents(ids, db)]
+        return [Document(page_content=text, metadata=meta, id=doc_id) for doc_id, text, meta in self.index.get(ids)]
 
     def rebuild(self, **kwargs: Any) -> "FwPKMStore":
         """Re-ingest the live documents into a fresh memory and provenance table, so that deleted or replaced
@@ -147,14 +148,23 @@ class FwPKMStore(VectorStore):
         self.index.rebuild(**add_kwargs)
         return self
 
+    def compact(self, min_live_fraction: float = 0.5, **kwargs: Any) -> list[int]:
+        """Rebuild only the segments whose live chunks fell below `min_live_fraction` of their chunks (deletes
+        and replacements leave dead chunks behind), from their stored parts; the others are not touched.
+        Returns the ids of the segments rebuilt (or dropped, when nothing in them was live)."""
+        add_kwargs = _add_kwargs(kwargs)
+        add_kwargs.pop("max_document_chars", None)
+        add_kwargs.pop("show_progress", None)
+        return self.index.compact(min_live_fraction, **add_kwargs)
+
     # ---- search -------------------------------------------------------------------------------------------
     def search_with_provenance(self, query: str, k: int = 4, *, matched_slots: int = 8) -> list[Hit]:
         """Hits with their provenance: chunk id and index, score, rank, the parent's metadata, matched slots."""
-        return rank_chunks(self.index, query, k, with_matches=matched_slots > 0, match_top=matched_slots)
+        return self.index.search(query, k, with_matches=matched_slots > 0, match_top=matched_slots)
 
     def similarity_search_with_score(self, query: str, k: int = 4, **kwargs: Any) -> list[tuple[Document, float]]:
         return [(Document(page_content=h.text, metadata=h.metadata, id=h.doc_id), h.score)
-                for h in rank_chunks(self.index, query, k)]
+                for h in self.index.search(query, k)]
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         return [doc for doc, _ in self.similarity_search_with_score(query, k, **kwargs)]
@@ -173,23 +183,25 @@ class FwPKMStore(VectorStore):
 
     # ---- persistence --------------------------------------------------------------------------------------
     def save(self, directory) -> str:
-        """Snapshot the store into `directory` atomically; returns the snapshot folder."""
-        from fwpkm_rag.pipelines.persistence import save_index
+        """Save the store into `directory` atomically (one folder per segment, sealed ones written once, a catalog
+        and a manifest; docs/segments.md); returns the path of the manifest now current."""
+        from fwpkm_rag.pipelines.persistence import save_store
 
-        return save_index(self.index, directory)
+        return save_store(self.index, directory)
 
     @classmethod
     def load(cls, directory, model=None, **overrides: Any) -> "FwPKMStore":
-        """Load the current snapshot of a store folder. `model` must be the model it was built with (default:
+        """Load the store saved in a folder (segmented, or a single-memory store of earlier versions as one
+        segment). `model` must be the model it was built with (default:
         the shipped model); raises ModelMismatchError otherwise, StateFormatError for a corrupted snapshot.
         `overrides`: StoreSettings fields on top of the saved ones (e.g. max_document_chars)."""
-        from fwpkm_rag.pipelines.persistence import load_index
+        from fwpkm_rag.pipelines.persistence import load_store
 
         model = model if model is not None else _default_model()
-        return cls(_index=load_index(directory, model, **overrides))
+        return cls(_index=load_store(directory, model, **overrides))
 
     def close(self) -> None:
-        self.index.docs.close()
+        self.index.close()
 
 
 def _default_model():

@@ -105,14 +105,14 @@ def test_stores_are_isolated_and_queries_never_change_a_store(small_model):
     b.add_texts(["Gardening notes: water the tomatoes every morning."])
     fresh = FwPKMStore(model=small_model)
     fresh.add_texts(["Gardening notes: water the tomatoes every morning."])
-    for sa, sb in zip(b.index.cache.memory, fresh.index.cache.memory):  # A's ingestion left B untouched
+    for sa, sb in zip(b.index.view.memory, fresh.index.view.memory):  # A's ingestion left B untouched
         assert torch.equal(sa.keys, sb.keys) and torch.equal(sa.values.rows, sb.values.rows)
     hits = b.similarity_search("What is the secret number for ID-9931?", k=4)
     assert all("424242" not in d.page_content for d in hits)
-    before = [m.values.rows.clone() for m in b.index.cache.memory]
+    before = [m.values.rows.clone() for m in b.index.view.memory]
     answer = ChatFwPKM(store=b, max_tokens=12).invoke("What is the secret number for ID-9931?").text
     assert "424242" not in answer
-    assert all(torch.equal(x, m.values.rows) for x, m in zip(before, b.index.cache.memory))
+    assert all(torch.equal(x, m.values.rows) for x, m in zip(before, b.index.view.memory))
 
 
 def test_chat_stop_sequences_streaming_and_seeded_sampling(small_model):
@@ -209,10 +209,15 @@ def test_save_then_load_in_a_new_process_gives_the_same_results(small_model, tmp
     assert _results(loaded) == _results(store)
 
 
-def test_kill_during_save_leaves_the_previous_snapshot_loadable(small_model, tmp_path):
+@pytest.mark.parametrize("segment_tokens", [None, 300], ids=["one-segment", "segmented"])
+def test_kill_during_save_leaves_the_previous_snapshot_loadable(small_model, tmp_path, segment_tokens):
+    """kill -9 at any moment of a save loop leaves a loadable store with the same results. Segmented: several
+    sealed segments (reused by every save), the open one (written anew), the catalog and the manifest."""
     path = tmp_path / "s"
-    store = FwPKMStore(model=small_model, chunk_tokens=48)
+    store = FwPKMStore(model=small_model, chunk_tokens=48, segment_tokens=segment_tokens)
     store.add_texts([needle_corpus(600)[0]], ids=["hay"])
+    if segment_tokens is not None:
+        assert len(store.index.segments) >= 3
     store.save(path)
     expected = _results(store)
     saver = textwrap.dedent(f"""
@@ -237,22 +242,28 @@ def test_kill_during_save_leaves_the_previous_snapshot_loadable(small_model, tmp
         loaded.close()
 
 
+def segment_folder(manifest_path) -> Path:
+    """The folder of the last segment a saved store's manifest names."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    return Path(manifest_path).parent / manifest["segments"][-1]["folder"]
+
+
 def test_corrupted_snapshots_and_wrong_models_give_clear_errors(small_model, tmp_path):
     store = FwPKMStore(model=small_model)
     store.add_texts(["The secret number for ID-1 is 2."])
-    snap = Path(store.save(tmp_path / "s"))
+    snap = segment_folder(store.save(tmp_path / "s"))
     db = snap / "store.sqlite"
     data = bytearray(db.read_bytes())
     data[len(data) // 2] ^= 0xFF
     db.write_bytes(bytes(data))
     with pytest.raises(StateFormatError, match="checksum"):
         FwPKMStore.load(tmp_path / "s", model=small_model)
-    snap = Path(store.save(tmp_path / "s"))
+    snap = segment_folder(store.save(tmp_path / "s"))
     mem = snap / "memory-0.safetensors"
     mem.write_bytes(mem.read_bytes()[:100])
     with pytest.raises(StateFormatError):
         FwPKMStore.load(tmp_path / "s", model=small_model)
-    snap = Path(store.save(tmp_path / "s"))
+    snap = segment_folder(store.save(tmp_path / "s"))
     (snap / "manifest.json").write_text("{not json")
     with pytest.raises(StateFormatError, match="manifest"):
         FwPKMStore.load(tmp_path / "s", model=small_model)

@@ -62,6 +62,6 @@ def test_store_keyword_arguments_build_the_settings(small_model):
     assert a.settings == b.settings == c.settings == StoreSettings(chunk_tokens=16, passes=2)
     store = FwPKMStore.from_texts(["one two three four five six seven"], model=small_model, chunk_tokens=4,
                                   ids=["d"], passes=1)
-    assert store.settings.chunk_tokens == 4 and store.index.next_chunk == 2  # 7 tokens / 4 per chunk
+    assert store.settings.chunk_tokens == 4 and store.index.segments[0].index.next_chunk == 2  # 7 tokens / 4 per chunk
     for s in (a, b, c, store):
         s.close()

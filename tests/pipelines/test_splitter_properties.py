@@ -121,8 +121,9 @@ def test_store_returns_every_document_exactly(small_model, docs, chunk_tokens):
         got = store.get_by_ids(ids)
         assert [d.id for d in got] == ids and [d.page_content for d in got] == docs
         n_chunks = sum(max(1, math.ceil(len(TOK.encode(d)) / chunk_tokens)) for d in docs)
-        assert store.index.next_chunk == n_chunks and store.index.n_live_chunks == n_chunks
-        rows = store.index.docs.get_chunks(range(n_chunks))
+        (segment,) = store.index.segments  # one segment (far below segment_tokens)
+        assert segment.index.next_chunk == n_chunks and store.index.n_live_chunks == n_chunks
+        rows = segment.index.docs.get_chunks(range(n_chunks))
         for doc_id, text in zip(ids, docs):
             mine = sorted((r for r in rows.values() if r.doc_id == doc_id), key=lambda r: r.index)
             expected = chunk_spans(text, TOK.encode(text), TOK, chunk_tokens, chunk_tokens // 3)

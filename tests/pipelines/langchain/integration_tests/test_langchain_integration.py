@@ -26,8 +26,22 @@ class TestFwPKMStoreStandard(VectorStoreIntegrationTests):
             store.close()
 
 
-def _filled_store() -> FwPKMStore:
-    store = FwPKMStore(model=MODEL, chunk_tokens=16)
+class TestSegmentedFwPKMStoreStandard(VectorStoreIntegrationTests):
+    """The same suite over a store of many small segments (issue 14): every add of the suite's few short
+    documents spans or opens segments, and searches go through the fan-out and the merge."""
+
+    @pytest.fixture()
+    def vectorstore(self):
+        store = FwPKMStore(model=MODEL, segment_tokens=6)  # a few short documents per segment
+        try:
+            yield store
+        finally:
+            store.delete()
+            store.close()
+
+
+def _filled_store(**settings) -> FwPKMStore:
+    store = FwPKMStore(model=MODEL, **{"chunk_tokens": 16, **settings})
     store.add_texts([
         "The capital of France is Paris, a city on the Seine.",
         "Photosynthesis turns light, water and carbon dioxide into sugar.",
@@ -49,6 +63,14 @@ class TestFwPKMRetrieverStandard(RetrieversIntegrationTests):
     @property
     def retriever_query_example(self) -> str:
         return "What is the secret number for ID-4821?"
+
+
+class TestSegmentedFwPKMRetrieverStandard(TestFwPKMRetrieverStandard):
+    @property
+    def retriever_constructor_params(self) -> dict:
+        store = _filled_store(chunk_tokens=8, segment_tokens=24)
+        assert len(store.index.segments) >= 3
+        return {"store": store}
 
 
 class TestChatFwPKMIntegration(ChatModelIntegrationTests):

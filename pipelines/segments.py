@@ -1,0 +1,475 @@
+"""Segments: a store as an ordered list of bounded FwPKM memories, queried together (docs/segments.md).
+
+One FwPKM memory holds a bounded number of associations cleanly (issue 14: needle recall 100% at 128K tokens,
+0% at 1M). `SegmentedIndex` keeps an ordered list of `Segment`s, each a `MemoryIndex` (a memory, its provenance
+table and its own document database of the text parts it holds) with an id and a sealed flag:
+
+- New text goes to the open segment (the last one, unsealed). When its stream holds `segment_tokens` tokens it
+  is sealed (never written again) and a new one opens. A document that does not fit is split at chunk
+  boundaries: its parts are exact substrings whose concatenation is the document, each stored (with the whole
+  document's id and metadata) in the segment that ingests it.
+- The catalog maps each document id to the ids of the segments holding its parts, in order, and keeps the
+  documents' order: `get` concatenates the parts, delete / replace reach every part, `len` counts documents.
+- One add (or delete) call is one transaction over every segment it touches: each touched segment's
+  MemoryIndex opens its two-phase write (`begin_write` ... `prepare_write`, then `commit_write` or
+  `abort_write`), segments created by the call are dropped on failure, and the new list of segment views is
+  published in one step (`StoreView`), so readers see all of a call or nothing of it.
+- A question fans out: every segment ranks its top k on its own published view (threads, bounded by
+  `SEARCH_THREADS`), and `merge.merge_hits` merges the lists by the store's `merge` strategy.
+- Delete tombstones chunks in their segments (a sealed segment also remembers the ids, for persistence);
+  `compact` rebuilds only the segments whose live fraction fell below a threshold, from their stored parts.
+
+No LangChain here; `FwPKMStore` is the adapter. Persistence (one folder per segment, a catalog, a manifest):
+persistence.py.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import numbers
+import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from fwpkm_rag.errors import DuplicateIdError, InputError, InputTypeError
+from fwpkm_rag.modeling.protocol import MemoryLM
+from fwpkm_rag.pipelines import chunking
+from fwpkm_rag.pipelines.docstore import dump_metadata
+from fwpkm_rag.pipelines.index import IndexView, MemoryIndex, progress_bar
+from fwpkm_rag.pipelines.merge import merge_hits
+from fwpkm_rag.pipelines.retrieval import Hit, add_matches, check_k, check_query, hits_of, rank_view
+from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
+
+SEARCH_THREADS = 4
+"""At most this many segments are ranked at once for one question."""
+
+_KEEP = object()  # add(max_document_chars=...) not given: the store's own limit
+
+
+def new_uid() -> str:
+    """A random name for a segment's content (its folder name once sealed: persistence.py)."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of a store: a MemoryIndex with an id and a sealed flag. Immutable record: a write call makes
+    new records for the segments it changes (the MemoryIndex objects keep their own transactions)."""
+
+    id: int
+    index: MemoryIndex
+    sealed: bool = False
+    uid: str = field(default_factory=new_uid)  # names the content; a sealed segment's folder (persistence.py)
+    tombstones: tuple = ()  # doc ids deleted from it since it was sealed (its saved folder + these = its state)
+
+
+@dataclass(frozen=True)
+class SegmentView:
+    """A segment as one published store state shows it."""
+
+    id: int
+    sealed: bool
+    index: MemoryIndex  # model, tokenizer, limits (never written through a view)
+    view: IndexView  # the segment's published memory, provenance and documents
+
+
+@dataclass(frozen=True)
+class StoreView:
+    """A published, immutable state of a segmented store: what readers see."""
+
+    segments: tuple  # SegmentView, in order
+    catalog: dict  # doc id -> tuple of segment ids holding its parts, in order; documents in order (never mutated)
+    version: int
+
+    @property
+    def memory(self) -> tuple:
+        """The newest segment's memories (one MemoryState per FwPKM layer): what answers from memory read."""
+        return self.segments[-1].view.memory
+
+
+class _Transaction:
+    """One add or delete call over the segments: private copies of the segment list and the catalog, and the
+    MemoryIndex transactions it opened."""
+
+    def __init__(self, store: "SegmentedIndex"):
+        self.store = store
+        self.segments: list[Segment] = list(store.segments)
+        self.catalog: dict = dict(store.catalog)
+        self.next_segment = store.next_segment
+        self.begun: dict = {}  # segment id -> MemoryIndex with an open write transaction
+        self.created: list[MemoryIndex] = []  # indexes of the segments this call made
+
+    def position(self, segment_id: int) -> int:
+        for i in range(len(self.segments) - 1, -1, -1):
+            if self.segments[i].id == segment_id:
+                return i
+        raise KeyError(segment_id)  # pragma: no cover - the catalog names only existing segments
+
+    def touch(self, segment: Segment, *, light: bool) -> MemoryIndex:
+        """The segment's index inside this transaction (its write transaction opened on first touch)."""
+        index = self.begun.get(segment.id)
+        if index is None:
+            index = segment.index
+            index.begin_write(light=light)
+            self.begun[segment.id] = index
+        return index
+
+    def open_segment(self) -> tuple[int, MemoryIndex]:
+        """(position, index) of the open segment, created if the last one is sealed (or there is none)."""
+        if self.segments and not self.segments[-1].sealed:
+            return len(self.segments) - 1, self.touch(self.segments[-1], light=False)
+        index = MemoryIndex(self.store.model, self.store.settings)
+        self.created.append(index)
+        index.begin_write()
+        segment = Segment(self.next_segment, index)
+        self.next_segment += 1
+        self.segments.append(segment)
+        self.begun[segment.id] = index
+        return len(self.segments) - 1, index
+
+    def seal(self, position: int) -> None:
+        # a new uid: the sealed content gets its own folder name, never one an open copy of it had
+        self.segments[position] = dataclasses.replace(self.segments[position], sealed=True, uid=new_uid())
+
+    def delete(self, doc_id: str) -> None:
+        """Drop every part of a document (missing ids are ignored)."""
+        parts = self.catalog.pop(doc_id, None)
+        for segment_id in parts or ():
+            i = self.position(segment_id)
+            segment = self.segments[i]
+            self.touch(segment, light=True).delete([doc_id])
+            if segment.sealed:
+                self.segments[i] = dataclasses.replace(segment, tombstones=segment.tombstones + (doc_id,))
+
+    def delete_all(self) -> None:
+        for segment in self.segments:
+            self.touch(segment, light=True).delete(None)
+        self.catalog = {}
+
+    def prepare(self, bar=None) -> None:
+        for index in self.begun.values():
+            index.prepare_write(bar)
+
+    def abort(self) -> None:
+        for index in self.begun.values():
+            index.abort_write()
+        for index in self.created:
+            index.docs.close()
+
+
+class SegmentedIndex:
+    """An ordered list of segments behind one store (see the module docstring)."""
+
+    def __init__(self, model: MemoryLM, settings: Optional[StoreSettings] = None, *,
+                 _segments: Optional[list] = None, _catalog: Optional[dict] = None, _next_segment: int = 0,
+                 **settings_kwargs):
+        settings = StoreSettings() if settings is None else settings
+        self.settings = settings.replace(**settings_kwargs) if settings_kwargs else settings
+        self.model: MemoryLM = model
+        self.lock = threading.RLock()  # one writer at a time (add, delete, compact, save)
+        self._publish_lock = threading.Lock()  # swaps the published view; held only for a moment
+        self.segments: list[Segment] = list(_segments) if _segments else [Segment(0, MemoryIndex(model, self.settings))]
+        self.tok = self.segments[0].index.tok
+        self.catalog: dict = dict(_catalog) if _catalog else {}
+        self.next_segment = max([_next_segment] + [s.id + 1 for s in self.segments])
+        self.view: Optional[StoreView] = None
+        self._set_view()
+
+    # ---- published state ------------------------------------------------------------------------------------
+    def _set_view(self) -> None:
+        """Publish the current segments and catalog (call under `_publish_lock`, or before any reader exists)."""
+        version = 0 if self.view is None else self.view.version + 1
+        self.view = StoreView(tuple(SegmentView(s.id, s.sealed, s.index, s.index.view) for s in self.segments),
+                              self.catalog, version)
+
+    def _commit(self, txn: _Transaction) -> None:
+        """Phase two of a call: every touched segment publishes, and the new segment list with it, in one step
+        for readers (they take the store's view under the same lock)."""
+        with self._publish_lock:
+            for index in txn.begun.values():
+                index.commit_write()
+            # a sealed segment left without documents is dropped (its memory answers nothing any more)
+            segments = [s for s in txn.segments
+                        if not (s.sealed and s.id in txn.begun and s.index.docs.n_documents() == 0)]
+            if not segments:
+                segments = [Segment(txn.next_segment, MemoryIndex(self.model, self.settings))]
+                txn.next_segment += 1
+            self.segments, self.catalog, self.next_segment = segments, txn.catalog, txn.next_segment
+            self._set_view()
+
+    @contextmanager
+    def snapshot(self):
+        """(StoreView, one reader connection per segment) consistent with each other, for one read; never waits
+        for a writer."""
+        with self._publish_lock:
+            view = self.view
+            dbs = []
+            try:
+                for sv in view.segments:
+                    db = sv.view.docs.reader()
+                    db.execute("BEGIN")
+                    dbs.append(db)
+                    db.execute("SELECT count(*) FROM docs").fetchone()  # fixes the read snapshot now
+            except BaseException:
+                for db in dbs:
+                    db.execute("COMMIT")
+                raise
+        try:
+            yield view, dbs
+        finally:
+            for db in dbs:
+                db.execute("COMMIT")
+
+    # ---- properties -----------------------------------------------------------------------------------------
+    @property
+    def device(self):
+        return self.model.device
+
+    @property
+    def tokens_ingested(self) -> int:
+        return sum(s.index.tokens_ingested for s in self.segments)
+
+    @property
+    def n_live_chunks(self) -> int:
+        return sum(s.index.n_live_chunks for s in self.segments)
+
+    def nbytes(self) -> int:
+        """Resident bytes of every segment's index (memory states, KV window, provenance, token counts)."""
+        return sum(s.index.nbytes() for s in self.segments)
+
+    def __len__(self) -> int:
+        return len(self.view.catalog)
+
+    # ---- writing --------------------------------------------------------------------------------------------
+    def add(self, items: Iterable[tuple[Optional[str], str, Optional[dict]]], *, passes: Optional[int] = None,
+            show_progress: Optional[bool] = None, max_document_chars=_KEEP) -> list[str]:
+        """Ingest (id or None, text, metadata or None) items from any iterable; returns the ids in order. One
+        transaction: a failure anywhere leaves every segment, the catalog and the segment list as they were.
+        An id already in the store is replaced (every part of the old document is deleted)."""
+        passes = self.settings.passes if passes is None else passes
+        limit = (self.settings.max_document_chars if max_document_chars is _KEEP
+                 else check_max_document_chars(max_document_chars))
+        bar = progress_bar(self.settings.show_progress if show_progress is None else show_progress)
+        ids_out: list[str] = []
+        seen: dict = {}
+        with self.lock, torch.no_grad():
+            txn = _Transaction(self)
+            try:
+                if txn.segments and not txn.segments[-1].sealed:
+                    txn.open_segment()  # the open segment's full transaction first (a replace may delete in it)
+                for n, (doc_id, text, metadata) in enumerate(items):
+                    chunking.check_text(text, n, limit)
+                    doc_id = chunking.check_doc_id(doc_id, n)
+                    if doc_id in seen:
+                        raise DuplicateIdError(f"id {doc_id!r} appears twice in one add call (#{seen[doc_id]} and "
+                                               f"#{n}): ids within one batch must be unique")
+                    seen[doc_id] = n
+                    dump_metadata(metadata)  # bad metadata fails before any part is stored
+                    txn.delete(doc_id)  # replacing: the old parts go, wherever they are
+                    doc = chunking.chunk_document(self.tok, text, self.settings.chunk_tokens,
+                                                  self.settings.chunk_overlap)
+                    txn.catalog[doc_id] = tuple(self._place(txn, doc_id, text, metadata, doc, passes, bar))
+                    ids_out.append(doc_id)
+                txn.prepare(bar)
+                self._commit(txn)
+            except BaseException:
+                txn.abort()  # every segment exactly as before this call; new segments dropped
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+        return ids_out
+
+    def _place(self, txn: _Transaction, doc_id: str, text: str, metadata, doc: chunking.ChunkedDocument,
+               passes: int, bar) -> list[int]:
+        """Stream a document into the open segment(s), split at chunk boundaries where a segment fills up;
+        returns the ids of the segments holding its parts, in order."""
+        cap = self.settings.segment_tokens
+        parts: list[int] = []
+        while True:
+            pos, index = txn.open_segment()
+            segment_id = txn.segments[pos].id
+            if cap is None:
+                index.write_document(doc_id, text, metadata, passes=passes, bar=bar, doc=doc)
+                return parts + [segment_id]
+            lead = 0 if index.at_boundary else 1  # the stream's very first document is led by an eos
+            room = cap - index.stream_tokens
+            ends = [span[4] for span in doc.spans]  # core token end of each chunk
+            if passes * (len(doc.ids) + 1) + lead <= room:
+                index.write_document(doc_id, text, metadata, passes=passes, bar=bar, doc=doc)
+                if index.stream_tokens >= cap:
+                    txn.seal(pos)
+                return parts + [segment_id]
+            fit = bisect.bisect_right(ends, (room - lead) // passes - 1)  # chunks whose tokens + eos fit
+            if fit == 0:
+                if index.stream_tokens > 0:  # not even one chunk fits: seal, go on in a new segment
+                    txn.seal(pos)
+                    continue
+                fit = 1  # an empty segment takes at least one chunk
+            if fit >= len(doc.spans):
+                index.write_document(doc_id, text, metadata, passes=passes, bar=bar, doc=doc)
+                txn.seal(pos)
+                return parts + [segment_id]
+            (head, head_text), (doc, text) = split_document(doc, text, fit)
+            index.write_document(doc_id, head_text, metadata, passes=passes, bar=bar, doc=head)
+            parts.append(segment_id)
+            txn.seal(pos)
+
+    def delete(self, doc_ids: Optional[Iterable[str]] = None) -> None:
+        """Drop documents (all when None) from every segment holding a part of them; missing ids are ignored.
+        One transaction, published at the end."""
+        with self.lock:
+            txn = _Transaction(self)
+            try:
+                if doc_ids is None:
+                    txn.delete_all()
+                else:
+                    for doc_id in doc_ids:
+                        txn.delete(doc_id)
+                txn.prepare()
+                self._commit(txn)
+            except BaseException:
+                txn.abort()
+                raise
+
+    # ---- compaction -----------------------------------------------------------------------------------------
+    def compact(self, min_live_fraction: float = 0.5, *, passes: Optional[int] = None) -> list[int]:
+        """Rebuild every segment whose live chunks are fewer than `min_live_fraction` of its chunks, from its
+        stored parts (a sealed segment with nothing live is dropped); the other segments are not touched.
+        Returns the ids of the segments rebuilt or dropped. Readers keep the old state until the swap."""
+        if isinstance(min_live_fraction, bool) or not isinstance(min_live_fraction, numbers.Real):
+            raise InputTypeError(f"min_live_fraction must be a number in [0, 1], got {type(min_live_fraction).__name__}")
+        if not 0.0 <= float(min_live_fraction) <= 1.0:
+            raise InputError(f"min_live_fraction must be in [0, 1], got {min_live_fraction!r}")
+        with self.lock:
+            chosen = [s.id for s in self.segments
+                      if s.index.provenance.n_chunks
+                      and s.index.n_live_chunks < min_live_fraction * s.index.provenance.n_chunks]
+            self._rebuild_segments(chosen, passes)
+            return chosen
+
+    def rebuild(self, *, passes: Optional[int] = None) -> None:
+        """Rebuild every segment from its live parts (deleted or replaced content leaves the fast weights)."""
+        with self.lock:
+            self._rebuild_segments([s.id for s in self.segments], passes)
+
+    def _rebuild_segments(self, ids: list, passes: Optional[int]) -> None:
+        fresh: dict = {}
+        try:
+            for segment in self.segments:
+                if segment.id in ids:
+                    empty = segment.sealed and segment.index.n_live_chunks == 0
+                    fresh[segment.id] = None if empty else segment.index.rebuilt(passes=passes)
+        except BaseException:
+            for index in fresh.values():
+                if index is not None:
+                    index.docs.close()
+            raise
+        with self._publish_lock:
+            segments = []
+            for segment in self.segments:
+                if segment.id not in fresh:
+                    segments.append(segment)
+                elif fresh[segment.id] is not None:
+                    segments.append(dataclasses.replace(segment, index=fresh[segment.id], uid=new_uid(), tombstones=()))
+            if not segments:
+                segments = [Segment(self.next_segment, MemoryIndex(self.model, self.settings))]
+                self.next_segment += 1
+            self.segments = segments
+            self._set_view()
+        # the old databases are removed when the last reader's view of them is gone (DocStore's finalizer)
+
+    # ---- reading --------------------------------------------------------------------------------------------
+    def search(self, query: str, k: int, *, with_matches: bool = False, match_top: int = 8,
+               strategy: Optional[str] = None) -> list[Hit]:
+        """The k best live chunks for `query` over every segment (fewer only when the store holds fewer): each
+        segment ranks its own top k on its published view, in parallel, and `merge_hits` merges them by
+        `strategy` (default: the store's `merge`). Hits name their segment; ranks are global."""
+        k = check_k(k)
+        check_query(self.tok, query, self.settings.max_query_tokens)  # errors first, even on an empty store
+        with self.snapshot() as (view, dbs):
+            segments = view.segments
+            if k == 0:
+                return []
+
+            def rank(sv: SegmentView):
+                with torch.no_grad():
+                    return rank_view(sv.index, sv.view, query, k)
+
+            if len(segments) == 1:
+                ranked = [rank(segments[0])]
+            else:
+                with ThreadPoolExecutor(max_workers=min(len(segments), SEARCH_THREADS)) as pool:
+                    ranked = list(pool.map(rank, segments))
+            per_segment = [hits_of(sv.index, sv.view, db, r, segment=sv.id)
+                           for sv, r, db in zip(segments, ranked, dbs)]
+            merged = merge_hits(per_segment, k, self.settings.merge if strategy is None else strategy)
+            if with_matches:
+                where = {sv.id: (sv, r) for sv, r in zip(segments, ranked)}
+                for hit in merged:
+                    sv, r = where[hit.segment]
+                    add_matches(sv.view, r, hit, match_top)
+            return merged
+
+    def get(self, doc_ids: Iterable[str]) -> list[tuple[str, str, dict]]:
+        """(id, full text, metadata) for each id that exists, in the order given: the parts concatenated."""
+        with self.snapshot() as (view, dbs):
+            where = {sv.id: (sv, db) for sv, db in zip(view.segments, dbs)}
+            out = []
+            for doc_id in doc_ids:
+                parts = view.catalog.get(doc_id)
+                if parts is None:
+                    continue
+                texts, metadata = [], None
+                for segment_id in parts:
+                    sv, db = where[segment_id]
+                    for _, text, meta in sv.view.docs.get_documents([doc_id], db):
+                        texts.append(text)
+                        metadata = meta if metadata is None else metadata
+                out.append((doc_id, "".join(texts), metadata if metadata is not None else {}))
+            return out
+
+    def doc_ids(self) -> list[str]:
+        """Every document id, in document order."""
+        return list(self.view.catalog)
+
+    def iter_documents(self) -> Iterator[tuple[str, str, dict]]:
+        for doc_id in self.doc_ids():
+            yield from self.get([doc_id])
+
+    def close(self) -> None:
+        for segment in self.segments:
+            segment.index.docs.close()
+
+    # ---- what `fwpkm-rag info` and the tests read ---------------------------------------------------------------
+    def segment_stats(self) -> list[dict]:
+        """Per segment: id, sealed, stream tokens, documents (parts), chunks, live chunks, resident bytes."""
+        with self.snapshot() as (view, dbs):
+            out = []
+            for sv, db in zip(view.segments, dbs):
+                table = sv.view.provenance
+                out.append({"id": sv.id, "sealed": sv.sealed, "tokens": sv.index.tokens_ingested,
+                            "parts": sv.view.docs.n_documents(db), "chunks": table.n_chunks,
+                            "live_chunks": int(table.alive.sum()) if table.n_chunks else 0,
+                            "bytes_in_memory": sv.index.nbytes()})
+            return out
+
+
+def split_document(doc: chunking.ChunkedDocument, text: str, n_chunks: int):
+    """Cut a chunked document after its first `n_chunks` chunks: ((head, head text), (rest, rest text)), two
+    ChunkedDocuments whose chunk spans count from their own first token. The head's text ends where the rest's
+    begins (the sum of the head chunks' core lengths), so the two texts concatenate to `text`."""
+    cut_tok = doc.spans[n_chunks][3]
+    cut_char = sum(len(t) - off for _, t, off, _, _ in doc.spans[:n_chunks])
+    head = chunking.ChunkedDocument(doc.ids[:cut_tok], doc.spans[:n_chunks])
+    rest = chunking.ChunkedDocument(
+        np.ascontiguousarray(doc.ids[cut_tok:]),
+        [(i - n_chunks, t, off, s - cut_tok, e - cut_tok) for i, t, off, s, e in doc.spans[n_chunks:]])
+    return (head, text[:cut_char]), (rest, text[cut_char:])
+

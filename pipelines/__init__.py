@@ -5,12 +5,14 @@ The path of a document, one job per module:
     settings.py     StoreSettings: the store's settings, defaults and rules, in one place
     chunking.py     text checks, tokenizing, chunk spans, the token queue
     docstore.py     documents and chunks in SQLite
-    index.py        MemoryIndex: memory + provenance + chunk counts, the add/delete/rebuild transaction, IndexView
+    index.py        MemoryIndex: memory + provenance + chunk counts of one segment, its two-phase transaction, IndexView
+    segments.py     SegmentedIndex: the store's segments, the catalog of parts, calls over segments, fan-out + merge
+    merge.py        merge_hits: the segments' rankings merged into one top k (raw, max, rrf)
     provenance.py   ProvenanceTable: per memory slot, the chunks that wrote it most strongly
     retrieval.py    question -> reads -> idf -> scores -> ranked Hits
     generation.py   prompts, the one decode loop, answers from memory and reader mode
     files.py        text files as documents
-    persistence.py  atomic snapshots (save / load)
+    persistence.py  one folder per segment, a catalog and a manifest, swapped atomically (save / load)
     langchain/      FwPKMStore, FwPKMRetriever, ChatFwPKM: thin LangChain adapters over the above
 
 The public names below load on first use (`import fwpkm_rag` and `import fwpkm_rag.pipelines` stay light).
@@ -23,6 +25,7 @@ _LAZY = {
     "ChatFwPKM": "fwpkm_rag.pipelines.langchain.chat_models",
     "StoreSettings": "fwpkm_rag.pipelines.settings",
     "MemoryIndex": "fwpkm_rag.pipelines.index",
+    "SegmentedIndex": "fwpkm_rag.pipelines.segments",
     "Hit": "fwpkm_rag.pipelines.retrieval",
     "ProvenanceTable": "fwpkm_rag.pipelines.provenance",
 }

@@ -41,7 +41,8 @@ def test_store_ingests_retrieves_a_needle_and_round_trips(attached, tmp_path):
     ids = store.add_texts(docs, ids=[f"d{i}" for i in range(len(docs))])
     assert len(store) == 12 and store.index.tokens_ingested > 500
     # ingestion ran memory-only: no KV above the last FwPKM layer
-    assert store.index.cache.kv[2] is None and store.index.cache.kv[1] is not None
+    (segment,) = store.index.segments  # one segment (far below segment_tokens)
+    assert segment.index.cache.kv[2] is None and segment.index.cache.kv[1] is not None
     hits = store.search_with_provenance("secret number for ID-4821", k=3)
     assert hits[0].doc_id == "d7" and needle[:20] in hits[0].text and hits[0].matched_slots
     assert store.similarity_search("secret number for ID-4821", k=1)[0].id == ids[7]

@@ -96,7 +96,7 @@ def complete_from_memory(model, store, fact) -> tuple[str, str]:
     lead = fact.text[: fact.text.index(fact.value)].rstrip()
     ids = format_prompt(tok, [("user", fact.question)], "qa") + tok.encode(" " + lead)
     budget = len(tok.encode(" " + fact.value)) + 3
-    cache = model.init_cache(1, memories=store.index.view.memory)  # the store's memories, read only
+X
     return lead, "".join(stream_generate(model, cache, ids, read_only=True, max_new_tokens=budget, stop=["\n"]))
 
 

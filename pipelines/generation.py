@@ -207,8 +207,10 @@ def stream_answer(conversation: list, *, model: Optional[MemoryLM] = None, index
                   timeout: Optional[float] = None, stats: Optional[GenerationStats] = None) -> Iterator[str]:
     """The answer to a conversation [(role, text)], piece by piece.
 
-    "memory" mode: with an `index` (a store's SegmentedIndex), `model` is the store's model and reads the
-    store's published memory (its newest segment's, `StoreView.memory`; read only); without one, `model` answers from a fresh private memory. "reader" mode:
+    "memory" mode: with an `index` (a store's SegmentedIndex), `model` is the store's model and reads, read only,
+    the published memory of the segment that retrieval ranks first for the last user message
+    (`SegmentedIndex.memory_for`; the only segment when there is one); without an index, `model` answers from
+    a fresh private memory. "reader" mode:
     `reader` (default: `load_reader()`, SmolLM2-135M-Instruct) answers through its chat template from the
     store's top `k` chunks when there is an `index`, else from the conversation as given (`model` and
     `prompt_format` are not used). The prompt may hold at most the store's `max_query_tokens` tokens."""
@@ -235,8 +237,10 @@ def stream_answer(conversation: list, *, model: Optional[MemoryLM] = None, index
         # the reader's own fresh cache (the store is never touched), or a private memory the prompt writes
         cache, read_only = model.init_cache(1), mode == "reader"
     else:
-        # the store's published view: a concurrent add is seen whole or not at all, and never waited for
-        cache, read_only = model.init_cache(1, memories=index.view.memory), True
+        # a published view: a concurrent add is seen whole or not at all, and never waited for
+        users = [t for r, t in conversation if r == "user"]
+        memories = index.memory_for(users[-1]) if users else index.view.memory
+        cache, read_only = model.init_cache(1, memories=memories), True
     yield from stream_generate(model, cache, prompt, read_only=read_only, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, seed=seed, stop=stop, timeout=timeout,
                                stats=stats)

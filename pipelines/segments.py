@@ -89,7 +89,8 @@ class StoreView:
 
     @property
     def memory(self) -> tuple:
-        """The newest segment's memories (one MemoryState per FwPKM layer): what answers from memory read."""
+        """The newest segment's memories (one MemoryState per FwPKM layer); answers route by question instead
+        (`SegmentedIndex.memory_for`)."""
         return self.segments[-1].view.memory
 
 
@@ -416,6 +417,20 @@ class SegmentedIndex:
                     sv, r = where[hit.segment]
                     add_matches(sv.view, r, hit, match_top)
             return merged
+
+    def memory_for(self, question: str) -> tuple:
+        """The memories (one MemoryState per FwPKM layer, read only) that an answer from memory to `question`
+        reads: a memory holds only its own segment's text, so the question goes to the segment whose chunk
+        retrieval ranks first for it. With one segment, that one, without retrieving."""
+        view = self.view
+        if len(view.segments) == 1:
+            return view.segments[0].view.memory
+        hits = self.search(question, 1)
+        if hits:
+            for sv in self.view.segments:
+                if sv.id == hits[0].segment:
+                    return sv.view.memory
+        return self.view.memory  # nothing ranked (an empty store), or the segment went away meanwhile
 
     def get(self, doc_ids: Iterable[str]) -> list[tuple[str, str, dict]]:
         """(id, full text, metadata) for each id that exists, in the order given: the parts concatenated."""

@@ -440,3 +440,20 @@ def test_info_prints_segments_and_totals(small_model, tmp_path, capsys):
     assert f"{on_disk:,}" in total and f"{len(store)} documents" in total and f"{len(stats)} segments" in total
     assert main(["info", "--store", str(tmp_path / "nothing")]) == 1
     torch.set_num_threads(1)
+
+
+# ---- answers from memory read the segment the question belongs to ------------------------------------------------
+def test_answers_from_memory_read_the_segment_that_ranks_first(small_model):
+    store = segmented(small_model)
+    store.add_texts([prose(120, 30) + " " + needle(3) + " " + prose(60, 31)], ids=["a"])
+    store.add_texts([prose(200, 32), prose(200, 33)], ids=["b", "c"])
+    segments = store.index.view.segments
+    assert len(segments) >= 3
+    top = store.index.search(needle_query(3), 1)[0]
+    (owner,) = [sv for sv in segments if sv.id == top.segment]
+    assert needle(3)[:12] in top.text and owner is not segments[-1]  # routing matters: not the newest segment
+    assert store.index.memory_for(needle_query(3)) is owner.view.memory  # the states themselves, read only
+    # a one-segment store answers from its only memory without retrieving
+    single = segmented(small_model, segment_tokens=None)
+    single.add_texts([needle(3)], ids=["n"])
+    assert single.index.memory_for("anything at all") is single.index.view.segments[0].view.memory

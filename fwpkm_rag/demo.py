@@ -96,7 +96,8 @@ def complete_from_memory(model, store, fact) -> tuple[str, str]:
     lead = fact.text[: fact.text.index(fact.value)].rstrip()
     ids = format_prompt(tok, [("user", fact.question)], "qa") + tok.encode(" " + lead)
     budget = len(tok.encode(" " + fact.value)) + 3
-X
+    # read only: the memory of the segment holding the question's best chunk (the only one below segment_tokens)
+    cache = model.init_cache(1, memories=store.index.memory_for(fact.question))
     return lead, "".join(stream_generate(model, cache, ids, read_only=True, max_new_tokens=budget, stop=["\n"]))
 
 

@@ -73,6 +73,25 @@ CHUNK_SIZE = 256  # the suite's needle chunks
 
 
 # ----------------------------------------------------------------------------------------------------------
+# one memory, and a segmented store simulated from one-memory stores
+# ----------------------------------------------------------------------------------------------------------
+class OneMemorySystem(FwPKMSystem):
+    """The store with ONE memory (``segment_tokens=None`` where the store has segments): the curve's system."""
+
+    def __init__(self, model, chunk_size: int = CHUNK_SIZE):
+        from fwpkm_rag.pipelines import FwPKMStore
+
+        one = dict(segment_tokens=None) if segmented_store_available() else {}
+        self.store = FwPKMStore(model=model, chunk_tokens=2 * chunk_size, **one)
+        self.n = 0
+
+
+def one_memory_factory(model, chunk_size: int = CHUNK_SIZE):
+    """A SystemSet factory for :class:`OneMemorySystem` (used as the suite's "fwpkm" system here)."""
+    return lambda: OneMemorySystem(model, chunk_size)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # a segmented store, simulated
 # ----------------------------------------------------------------------------------------------------------
 class SegmentedSystem:
@@ -85,7 +104,7 @@ class SegmentedSystem:
         self.segment_tokens = segment_tokens
         self.chunk_size = chunk_size
         self.strategy = strategy
-        self.segments: list[tuple[int, FwPKMSystem]] = []  # (first global chunk index, store)
+        self.segments: list[tuple[int, OneMemorySystem]] = []  # (first global chunk index, store)
         self.n = 0
 
     def __len__(self) -> int:
@@ -94,7 +113,7 @@ class SegmentedSystem:
     def add_segment(self, batch: Sequence[str]) -> None:
         """One more segment holding `batch` (whatever its size)."""
         if batch:
-            seg = FwPKMSystem(self.model, chunk_size=self.chunk_size)
+            seg = OneMemorySystem(self.model, chunk_size=self.chunk_size)
             seg.add(batch)
             self.segments.append((self.n, seg))
             self.n += len(batch)
@@ -173,7 +192,7 @@ def ask(rows: list, system: str, results: list, queries, base: dict) -> None:
     """One row per question from `results` (the ranked chunk indices per question)."""
     for (q, gold, is_gold), (hits, ms) in zip(queries, results):
         rank = rank_of(hits, gold)
-        rows.append(dict(base, system=system, gold_needle=is_gold, rank=rank, hit1=rank == 1,
+        rows.append(dict(base, system=system, gold_needle=is_gold, needle_chunks=len(gold), rank=rank, hit1=rank == 1,
                          hit5=rank is not None and rank <= 5, query_ms=ms))
 
 
@@ -306,22 +325,22 @@ def run_paraphrase_merge(sset: SystemSet, model, cfg: dict, k: int, log) -> list
 # the segmented store itself, when the tree has one
 # ----------------------------------------------------------------------------------------------------------
 def segmented_store_available() -> bool:
-    import inspect
+    import dataclasses
 
     try:
-        from fwpkm_rag.pipelines import FwPKMStore
+        from fwpkm_rag.pipelines import StoreSettings
     except ImportError:  # pragma: no cover
         return False
-    return "segment_tokens" in inspect.signature(FwPKMStore.__init__).parameters
+    return any(f.name == "segment_tokens" for f in dataclasses.fields(StoreSettings))
 
 
 class StoreSystem(FwPKMSystem):
     """The segmented FwPKMStore behind the suite's add/search/nbytes calls."""
 
-    def __init__(self, model, segment_tokens: int, chunk_size: int = CHUNK_SIZE):
+    def __init__(self, model, segment_tokens: int, chunk_size: int = CHUNK_SIZE, merge: str = "raw"):
         from fwpkm_rag.pipelines import FwPKMStore
 
-        self.store = FwPKMStore(model=model, chunk_tokens=2 * chunk_size, segment_tokens=segment_tokens)
+        self.store = FwPKMStore(model=model, chunk_tokens=2 * chunk_size, segment_tokens=segment_tokens, merge=merge)
         self.n = 0
 
     def nbytes(self) -> int:
@@ -445,8 +464,15 @@ def curve_table(res: dict) -> str:
         f"({len({r['rep'] for r in rows if r['length_req'] == L})})" for L in lengths) + " |")
     gold = [r for r in rows if r["system"] == FWPKM and r["gold_needle"]]
     if gold:
-        out.append(f"\nThe gold needles alone (the suite's own question per item): FwPKM hit@5 "
-                   f"{percent(r['hit5'] for r in gold)} of {len(gold)}.")
+        out.append(f"\nThe gold needles alone (the suite's own question per item, placed inside one chunk): FwPKM "
+                   f"hit@5 {percent(r['hit5'] for r in gold)} of {len(gold)}.")
+    split = [r for r in rows if r.get("needle_chunks", 1) > 1]
+    if split:
+        out.append("Distractor needles are not placed to avoid chunk boundaries: " + ", ".join(
+            f"{s} finds {sum(r['hit5'] for r in split if r['system'] == s)}/{sum(r['system'] == s for r in split)} "
+            "needles cut in two chunks" for s in systems) + "; on needles inside one chunk FwPKM's hit@5 is " + ", ".join(
+            f"{klabel(L)} {percent(r['hit5'] for r in rows if r['system'] == FWPKM and r['length_req'] == L and r.get('needle_chunks', 1) == 1)}"
+            for L in lengths) + ".")
     return "\n".join(out)
 
 
@@ -587,7 +613,9 @@ def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, t
         model_desc += checkpoint_fingerprint(model_path)
     else:
         model_desc = getattr(model.config, "_name_or_path", "") or "model passed in"
-    sset = SystemSet([FWPKM, "bm25"], model=model, chunk_size=CHUNK_SIZE)
+    # "fwpkm" here is always ONE memory, whatever the store's default segment_tokens
+    sset = SystemSet([FWPKM, "bm25"], model=model, chunk_size=CHUNK_SIZE,
+                     extra={FWPKM: one_memory_factory(model, CHUNK_SIZE)})
     res: dict = dict(meta=dict(machine=machine(threads), commit=commit(), python=sys.version.split()[0],
                                torch=torch.__version__, quick=quick, parts=list(parts), k=k, model=model_desc,
                                systems=sset.names, skipped=sset.skipped, command=" ".join(sys.argv),

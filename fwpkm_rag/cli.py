@@ -98,6 +98,10 @@ def _ingest(args: argparse.Namespace) -> int:
     if args.max_document_chars < 0:
         return _fail(f"--max-document-chars must be >= 0 (0: no limit), got {args.max_document_chars}")
     limit = args.max_document_chars or None
+    if args.workers < 0:
+        return _fail(f"--workers must be >= 0 (0 or 1: this process; N > 1: N Ray actors), got {args.workers}")
+    if args.workers > 1:
+        return _ingest_ray(args, limit)
     try:
         model = _load_model(args.model)
         if os.path.exists(os.path.join(args.store, "CURRENT")):
@@ -116,6 +120,49 @@ def _ingest(args: argparse.Namespace) -> int:
     print(f"ingested {len(ids)} file(s), {tokens:,} tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s); "
           f"store: {len(store)} documents, {store.index.n_live_chunks} chunks in {len(store.index.segments)} segment(s), "
           f"index {store.index.nbytes() / 2**20:.1f} MiB; "
+          f"saved to {snapshot}")
+    return 0
+
+
+def _ingest_ray(args: argparse.Namespace, limit) -> int:
+    """`ingest --workers N` (N > 1): the store on N Ray actors (docs/scale-out.md), saved in the same format."""
+    import os
+    import time
+
+    from fwpkm_rag.errors import FwPKMError
+
+    try:
+        from fwpkm_rag.pipelines import RayFwPKMStore
+        from fwpkm_rag.pipelines.distributed import require_ray
+
+        require_ray()
+    except ImportError as exc:
+        return _fail(str(exc))
+    model = _load_model(args.model) if args.model else None  # None: every actor loads the shipped model itself
+    ray_args = dict(num_workers=args.workers, address=args.address, threads=args.threads)
+    store = None
+    try:
+        if os.path.exists(os.path.join(args.store, "CURRENT")):
+            store = RayFwPKMStore.load(args.store, model=model, show_progress=True, max_document_chars=limit,
+                                       **ray_args)
+            print(f"extending the store in {args.store} ({len(store)} documents) on {args.workers} Ray workers")
+        else:
+            store = RayFwPKMStore(model=model, chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap,
+                                  show_progress=True, max_document_chars=limit, **ray_args)
+        before, start = store.index.tokens_ingested, time.perf_counter()
+        ids = store.add_files(args.paths, passes=args.passes)
+        seconds = time.perf_counter() - start
+        stats = store.index.segment_stats()
+        tokens = sum(s["tokens"] for s in stats) - before
+        snapshot = store.save(args.store)
+    except (FwPKMError, OSError) as exc:
+        return _fail(str(exc))
+    finally:
+        if store is not None:
+            store.close()
+    print(f"ingested {len(ids)} file(s), {tokens:,} tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s) "
+          f"on {args.workers} Ray workers; store: {len(store)} documents, {sum(s['live_chunks'] for s in stats)} chunks "
+          f"in {len(stats)} segment(s), index {sum(s['bytes_in_memory'] for s in stats) / 2**20:.1f} MiB; "
           f"saved to {snapshot}")
     return 0
 
@@ -262,7 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refuse a file of more characters than this, before reading it when its size shows it "
                           "(default 10000000, about 2.5M tokens; 0: no limit)")
     ing.add_argument("--model", default=None, help="a model folder (default: the shipped model)")
-    ing.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ing.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2; with --workers: per worker)")
+    ing.add_argument("--workers", type=int, default=1,
+                     help="N > 1: ingest on N Ray actors (pip install 'fwpkm-rag[distributed]'; docs/scale-out.md), "
+                          "saved in the same format; 0 or 1 (default): in this process")
+    ing.add_argument("--address", default=None,
+                     help="--workers: a Ray cluster to join (e.g. auto or HOST:6379; default: start a local Ray)")
     ing.set_defaults(run=_ingest)
     ask = sub.add_parser("ask", help="retrieve chunks for a question from a store; a reader (SmolLM2) answers from them")
     ask.add_argument("question")

@@ -13,7 +13,8 @@ The path of a document, one job per module:
     generation.py   prompts, the one decode loop, answers from memory and reader mode
     files.py        text files as documents
     persistence.py  one folder per segment, a catalog and a manifest, swapped atomically (save / load)
-    langchain/      FwPKMStore, FwPKMRetriever, ChatFwPKM: thin LangChain adapters over the above
+    distributed.py  DistributedIndex: segments held by Ray actors, queries fanned out and merged (ray on first use)
+    langchain/      FwPKMStore, RayFwPKMStore, FwPKMRetriever, ChatFwPKM: thin LangChain adapters over the above
 
 The public names below load on first use (`import fwpkm_rag` and `import fwpkm_rag.pipelines` stay light).
 """
@@ -23,6 +24,7 @@ _LAZY = {
     "FwPKMStore": "fwpkm_rag.pipelines.langchain.vectorstores",
     "FwPKMRetriever": "fwpkm_rag.pipelines.langchain.retrievers",
     "ChatFwPKM": "fwpkm_rag.pipelines.langchain.chat_models",
+    "RayFwPKMStore": "fwpkm_rag.pipelines.langchain.ray_store",
     "StoreSettings": "fwpkm_rag.pipelines.settings",
     "MemoryIndex": "fwpkm_rag.pipelines.index",
     "SegmentedIndex": "fwpkm_rag.pipelines.segments",

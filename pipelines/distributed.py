@@ -483,6 +483,14 @@ class DistributedIndex:
             self.next_segment = max([self.next_segment, *done.values()])
 
     # ---- reading -----------------------------------------------------------------------------------------
+    def memory_for(self, question: str):
+        raise FwPKMError("answers from memory (ChatFwPKM(mode='memory')) read a segment's memory in this process: "
+                         "save the RayFwPKMStore and open the folder with FwPKMStore.load, or use mode='reader'")
+
+    @property
+    def view(self):
+        return self.memory_for("")
+
     def search(self, query: str, k: int, *, with_matches: bool = False, match_top: int = 8,
                strategy: Optional[str] = None) -> list[Hit]:
         """Every actor ranks each of its segments' top k; the driver merges them (merge_hits, segment-id order)."""

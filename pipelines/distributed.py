@@ -40,7 +40,7 @@ import threading
 import time
 from typing import Iterable, Optional
 
-from fwpkm_rag.errors import DuplicateIdError, FwPKMError, InputError, InputTypeError, check_int
+from fwpkm_rag.errors import DuplicateIdError, FwPKMError, check_int
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import dump_metadata
 from fwpkm_rag.pipelines.merge import merge_hits
@@ -88,7 +88,6 @@ class SegmentWorker:
     def __init__(self, model, settings: StoreSettings, threads: int, first_segment: int):
         import torch
 
-        from fwpkm_rag.pipelines import segments
         from fwpkm_rag.pipelines.index import MemoryIndex
         from fwpkm_rag.pipelines.segments import Segment, SegmentedIndex
 
@@ -104,8 +103,6 @@ class SegmentWorker:
         self.docs_done = 0
         self.counter: Optional[_Counter] = None
         self.crash_after: Optional[int] = None
-        # the actor's store streams its tokens into a counter the driver polls (progress bars on the driver)
-        segments.progress_bar = lambda show: self._new_counter() if show else None
 
     def _new_counter(self) -> _Counter:
         self.counter = _Counter()
@@ -172,7 +169,9 @@ class SegmentWorker:
                 yield item
                 self.docs_done += 1
 
-        self.index.add(stream(), passes=passes, show_progress=show_progress, max_document_chars=max_document_chars)
+        # the tokens stream into a counter the driver polls (its progress bars), not into a bar in the actor
+        self.index.add(stream(), passes=passes, show_progress=False, max_document_chars=max_document_chars,
+                       bar=self._new_counter() if show_progress else None)
         self.docs_done = len(items)
         return self.index.next_segment
 

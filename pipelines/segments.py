@@ -249,14 +249,18 @@ class SegmentedIndex:
 
     # ---- writing --------------------------------------------------------------------------------------------
     def add(self, items: Iterable[tuple[Optional[str], str, Optional[dict]]], *, passes: Optional[int] = None,
-            show_progress: Optional[bool] = None, max_document_chars=_KEEP) -> list[str]:
+            show_progress: Optional[bool] = None, max_document_chars=_KEEP, bar=None) -> list[str]:
         """Ingest (id or None, text, metadata or None) items from any iterable; returns the ids in order. One
         transaction: a failure anywhere leaves every segment, the catalog and the segment list as they were.
-        An id already in the store is replaced (every part of the old document is deleted)."""
+        An id already in the store is replaced (every part of the old document is deleted).
+
+        Progress: a tqdm bar over tokens when `show_progress`, or `bar` — any object with update(n),
+        set_postfix_str(s, refresh=...) and close() that the tokens stream into (a Ray actor's counter)."""
         passes = self.settings.passes if passes is None else passes
         limit = (self.settings.max_document_chars if max_document_chars is _KEEP
                  else check_max_document_chars(max_document_chars))
-        bar = progress_bar(self.settings.show_progress if show_progress is None else show_progress)
+        if bar is None:
+            bar = progress_bar(self.settings.show_progress if show_progress is None else show_progress)
         ids_out: list[str] = []
         seen: dict = {}
         with self.lock, torch.no_grad():

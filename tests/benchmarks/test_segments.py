@@ -92,6 +92,9 @@ def test_choice_rules():
     assert ch["needle_tokens"] == 65536 and ch["capacity_tokens"] == 20480
     assert ch["segment_tokens"] == 16384 and ch["limited_by"] == "capacity"
     assert S.choose_segment_tokens(needles, {})["segment_tokens"] == 65536
+    # a needle cut by a chunk boundary (BM25 misses those too) does not count against a length
+    cut = [dict(system="fwpkm", length_req=32768, hit5=0, hit1=0, needle_chunks=2)]
+    assert S.choose_segment_tokens(needles + cut, {})["needle_tokens"] == 65536
 
     res = dict(needles=[dict(system="seg16K-raw", hit5=1, hit1=1), dict(system="seg16K-rrf", hit5=0, hit1=0),
                         dict(system="seg16K-max", hit5=1, hit1=1)],

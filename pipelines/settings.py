@@ -28,8 +28,14 @@ SNAPSHOT_FIELDS = ("chunk_tokens", "chunk_overlap", "piece_tokens", "per_slot", 
 STORE_FIELDS = SNAPSHOT_FIELDS + ("segment_tokens", "merge")
 """The settings a segmented store's manifest records (store format version 2, docs/segments.md)."""
 
-DEFAULT_SEGMENT_TOKENS = 131072
-"""Default `segment_tokens`. provisional: replaced by the measured default of `fwpkm-rag bench segments`."""
+DEFAULT_SEGMENT_TOKENS = 65536
+"""Default `segment_tokens`, measured (docs/benchmarks.md, "Segments"; `fwpkm-rag bench segments` and
+`fwpkm-rag bench segments --parts store --segment-tokens 65536`): at 1M tokens with 16 distractors, 64K segments
+keep needle hit@5 at 100% (one memory: 12%) with an index of 370 MiB and a 113 ms query p50, where issue 14's
+strict rule (needles >= 99% and the dense-fact capacity task >= 95%) gives 16,384: the same 100% at 1,251 MiB
+and 496 ms. Natural prose fills a memory far less densely than that task (one fact per 21 tokens): verbatim
+recall of natural-text entries held 97% at ~44K tokens and 94% at ~105K in one memory. Stores of dense fact
+lists should pass segment_tokens=16384."""
 
 MERGE_STRATEGIES = ("raw", "max", "rrf")
 """How the segments' rankings are merged (pipelines/merge.py): raw scores (default), per-segment max, or RRF."""
@@ -60,7 +66,7 @@ class StoreSettings:
     show_progress: bool = False
     max_query_tokens: Optional[int] = DEFAULT_MAX_QUERY_TOKENS
     max_document_chars: Optional[int] = DEFAULT_MAX_DOCUMENT_CHARS
-    segment_tokens: Optional[int] = DEFAULT_SEGMENT_TOKENS  # provisional: replaced by the measured default of `fwpkm-rag bench segments`
+    segment_tokens: Optional[int] = DEFAULT_SEGMENT_TOKENS  # measured: see DEFAULT_SEGMENT_TOKENS
     merge: str = "raw"
 
     def __post_init__(self) -> None:

@@ -143,3 +143,13 @@ def test_contracts_see_modules_installed_from_outside_fwpkm_rag(tmp_path):
     report = done.stdout + done.stderr
     assert done.returncode != 0, report
     assert "fwpkm_rag.memory.upward -> fwpkm_rag.pipelines.retrieval" in report, report
+
+
+def test_test_module_basenames_are_unique():
+    """pytest imports test files by basename (no __init__.py, rootdir mode): two test_x.py in different folders
+    make one of them fail to collect."""
+    from collections import Counter
+    from pathlib import Path
+
+    names = Counter(p.name for p in Path(__file__).parent.rglob("test_*.py"))
+    assert not [n for n, c in names.items() if c > 1], names

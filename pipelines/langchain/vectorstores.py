@@ -33,7 +33,7 @@ class FwPKMStore(VectorStore):
     `FwPKMStore(model=None, settings=None, **settings_kwargs)`: with no model, the shipped default
     (`fwpkm_rag.load_default_model()`); the keyword arguments are `StoreSettings` fields (chunk_tokens=256,
     chunk_overlap=0, piece_tokens=2048, per_slot=32, passes=1, show_progress=False, max_query_tokens=8192,
-    max_document_chars=10,000,000, segment_tokens=131072, merge="raw"), applied on top of `settings`. Each
+    max_document_chars=10,000,000, segment_tokens=65536, merge="raw"), applied on top of `settings`. Each
     store has its own isolated memories: a list of segments of at most `segment_tokens` stream tokens each,
     queried together (docs/segments.md).
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 
-from fwpkm_rag.errors import DocumentTooLargeError, InputError, InputTypeError
+from fwpkm_rag.errors import DocumentTooLargeError, DuplicateIdError, InputError, InputTypeError
 from fwpkm_rag.modeling.protocol import Tokenizer
 
 SEGMENT_CHARS = 1 << 20
@@ -66,6 +66,20 @@ def check_doc_id(doc_id, n: int) -> str:
     except UnicodeEncodeError:
         raise InputError(f"document #{n}: id {doc_id!r} is not valid Unicode (a lone surrogate)") from None
     return doc_id
+
+
+def checked_items(items: Iterable, limit: Optional[int]) -> Iterator[tuple[int, str, str, Optional[dict]]]:
+    """(n, id, text, metadata) of each (id or None, text, metadata) item as it streams in, once its text and
+    id pass (`check_text`, `check_doc_id`) and its id has not come before in the same call."""
+    seen: dict = {}  # id -> its number in this call
+    for n, (doc_id, text, metadata) in enumerate(items):
+        check_text(text, n, limit)
+        doc_id = check_doc_id(doc_id, n)
+        if doc_id in seen:
+            raise DuplicateIdError(f"id {doc_id!r} appears twice in one add call (#{seen[doc_id]} and #{n}): ids "
+                                   "within one batch must be unique")
+        seen[doc_id] = n
+        yield n, doc_id, text, metadata
 
 
 # ---- tokens ---------------------------------------------------------------------------------------------------

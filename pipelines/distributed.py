@@ -40,7 +40,7 @@ import threading
 import time
 from typing import Iterable, Optional
 
-from fwpkm_rag.errors import DuplicateIdError, FwPKMError, check_int
+from fwpkm_rag.errors import FwPKMError, check_int
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import dump_metadata
 from fwpkm_rag.pipelines.merge import merge_hits
@@ -131,24 +131,8 @@ class SegmentWorker:
             settings = StoreSettings.from_dict(manifest["settings"], **overrides)
             fingerprint = persistence.model_fingerprint(self.model)
             wanted = set(segment_ids)
-            segments = []
-            try:
-                for entry in manifest["segments"]:
-                    if entry["id"] not in wanted:
-                        continue
-                    folder = os.path.join(directory, entry["folder"])
-                    if os.sep in entry["folder"] or not os.path.isdir(folder):
-                        raise FwPKMError(f"{folder} is missing: the store is incomplete")
-                    index = persistence.load_snapshot(folder, self.model, settings, fingerprint)
-                    segments.append(Segment(entry["id"], index))
-                    if entry["tombstones"]:
-                        index.delete(entry["tombstones"])
-                    uid = entry["folder"].split("-")[2]
-                    segments[-1] = Segment(entry["id"], index, bool(entry["sealed"]), uid, tuple(entry["tombstones"]))
-            except BaseException:
-                for segment in segments:
-                    segment.index.docs.close()
-                raise
+            segments = persistence.load_segments(directory, [e for e in manifest["segments"] if e["id"] in wanted],
+                                                 self.model, settings, fingerprint)
         self.settings = settings
         if catalog is None:  # version 1: every document in the one segment
             catalog = [[d, [0]] for d in segments[0].index.docs.doc_ids()]
@@ -402,14 +386,8 @@ class DistributedIndex:
                  else check_max_document_chars(max_document_chars))
         show = self.settings.show_progress if show_progress is None else show_progress
         with self.lock:
-            batch, seen = [], {}
-            for n, (doc_id, text, metadata) in enumerate(items):
-                chunking.check_text(text, n, limit)
-                doc_id = chunking.check_doc_id(doc_id, n)
-                if doc_id in seen:
-                    raise DuplicateIdError(f"id {doc_id!r} appears twice in one add call (#{seen[doc_id]} and "
-                                           f"#{n}): ids within one batch must be unique")
-                seen[doc_id] = n
+            batch = []
+            for _, doc_id, text, metadata in chunking.checked_items(items, limit):
                 dump_metadata(metadata)
                 batch.append((doc_id, text, metadata))
             if not batch:

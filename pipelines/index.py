@@ -43,7 +43,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-from fwpkm_rag.errors import ConfigError, DuplicateIdError, StateFormatError
+from fwpkm_rag.errors import ConfigError, StateFormatError
 from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import DocStore, dump_metadata
@@ -195,17 +195,10 @@ class MemoryIndex:
                  else check_max_document_chars(max_document_chars))
         bar = progress_bar(self.settings.show_progress if show_progress is None else show_progress)
         ids_out: list[str] = []
-        seen: dict = {}  # id -> its number in this call
         with self.lock, torch.no_grad():
             self.begin_write()
             try:
-                for n, (doc_id, text, metadata) in enumerate(items):
-                    chunking.check_text(text, n, limit)
-                    doc_id = chunking.check_doc_id(doc_id, n)
-                    if doc_id in seen:
-                        raise DuplicateIdError(f"id {doc_id!r} appears twice in one add call (#{seen[doc_id]} and "
-                                               f"#{n}): ids within one batch must be unique")
-                    seen[doc_id] = n
+                for _, doc_id, text, metadata in chunking.checked_items(items, limit):
                     self.write_document(doc_id, text, metadata, passes=passes, bar=bar)
                     ids_out.append(doc_id)
                 self.prepare_write(bar)

@@ -357,6 +357,13 @@ def load_store(directory: str, model: MemoryLM, **overrides) -> SegmentedIndex:
         raise StateFormatError(f"{catalog_path} failed its checksum: the file was modified or corrupted")
     with open(catalog_path) as fh:
         catalog = {doc_id: tuple(parts) for doc_id, parts in json.load(fh)}
+    segments = load_segments(directory, entries, model, settings, fingerprint)
+    return SegmentedIndex(model, settings, _segments=segments, _catalog=catalog, _next_segment=next_segment)
+
+
+def load_segments(directory: str, entries: list, model, settings: StoreSettings, fingerprint: str) -> list:
+    """The segments a manifest's `entries` name, loaded from their folders (tombstones applied); on any
+    failure the ones already opened are closed and the error propagates (StateFormatError for a missing one)."""
     segments = []
     try:
         for entry in entries:
@@ -373,7 +380,7 @@ def load_store(directory: str, model: MemoryLM, **overrides) -> SegmentedIndex:
         for segment in segments:
             segment.index.docs.close()
         raise
-    return SegmentedIndex(model, settings, _segments=segments, _catalog=catalog, _next_segment=next_segment)
+    return segments
 
 
 def segment_folders(directory: str) -> dict:

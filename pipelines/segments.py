@@ -37,7 +37,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-from fwpkm_rag.errors import DuplicateIdError, InputError, InputTypeError
+from fwpkm_rag.errors import InputError, InputTypeError
 from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import dump_metadata
@@ -262,19 +262,12 @@ class SegmentedIndex:
         if bar is None:
             bar = progress_bar(self.settings.show_progress if show_progress is None else show_progress)
         ids_out: list[str] = []
-        seen: dict = {}
         with self.lock, torch.no_grad():
             txn = _Transaction(self)
             try:
                 if txn.segments and not txn.segments[-1].sealed:
                     txn.open_segment()  # the open segment's full transaction first (a replace may delete in it)
-                for n, (doc_id, text, metadata) in enumerate(items):
-                    chunking.check_text(text, n, limit)
-                    doc_id = chunking.check_doc_id(doc_id, n)
-                    if doc_id in seen:
-                        raise DuplicateIdError(f"id {doc_id!r} appears twice in one add call (#{seen[doc_id]} and "
-                                               f"#{n}): ids within one batch must be unique")
-                    seen[doc_id] = n
+                for _, doc_id, text, metadata in chunking.checked_items(items, limit):
                     dump_metadata(metadata)  # bad metadata fails before any part is stored
                     txn.delete(doc_id)  # replacing: the old parts go, wherever they are
                     doc = chunking.chunk_document(self.tok, text, self.settings.chunk_tokens,

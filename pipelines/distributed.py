@@ -35,7 +35,6 @@ import json
 import math
 import os
 import secrets
-import shutil
 import threading
 import time
 from typing import Iterable, Optional
@@ -213,7 +212,7 @@ class SegmentWorker:
         """Write this actor's segment folders into `directory` (a sealed one only if not there yet); returns
         (manifest entries, this actor's catalog [[doc id, [segment ids]], ...]). Segments never written to
         (an actor's fresh open segment) are left out unless `keep_empty`."""
-        from fwpkm_rag.pipelines.persistence import segment_folder, write_snapshot
+        from fwpkm_rag.pipelines.persistence import segment_folder, write_segment_folder
 
         entries = []
         with self.index.lock:
@@ -221,16 +220,8 @@ class SegmentWorker:
                 if segment.index.provenance.n_chunks == 0 and not keep_empty:
                     continue
                 name = segment_folder(segment, stamp)
-                final = os.path.join(directory, name)
-                if not os.path.isdir(final):
-                    tmp = os.path.join(directory, f".tmp-{name}")
-                    os.makedirs(tmp)
-                    try:
-                        write_snapshot(segment.index, tmp, fingerprint)
-                        os.rename(tmp, final)
-                    except BaseException:
-                        shutil.rmtree(tmp, ignore_errors=True)
-                        raise
+                if not os.path.isdir(os.path.join(directory, name)):  # a sealed one may be there already
+                    write_segment_folder(segment.index, directory, name, fingerprint)
                 entries.append({"id": segment.id, "sealed": segment.sealed, "folder": name,
                                 "tombstones": list(segment.tombstones)})
             catalog = [[d, list(p)] for d, p in self.index.catalog.items()]
@@ -495,7 +486,7 @@ class DistributedIndex:
     def save(self, directory) -> str:
         """Write the store in the local store's format (persistence.py, version 2) into `directory`: the actors
         write their segment folders, the driver the catalog, the manifest and CURRENT; returns the manifest."""
-        from fwpkm_rag.pipelines.persistence import FORMAT_NAME, POINTER, STORE_FORMAT_VERSION
+        from fwpkm_rag.pipelines import persistence
 
         directory = os.path.abspath(os.fspath(directory))
         os.makedirs(directory, exist_ok=True)
@@ -508,34 +499,11 @@ class DistributedIndex:
                 written[0] = self._call({0: lambda a: a.write_segments.remote(directory, stamp, fingerprint, True)})[0]
             entries = sorted((e for es, _ in written.values() for e in es), key=lambda e: e["id"])
             parts = {d: p for _, catalog in written.values() for d, p in catalog}
-            catalog_name, manifest_name = f"catalog-{stamp}.json", f"manifest-{stamp}.json"
-            catalog_sha = _write_json(directory, catalog_name, [[d, parts[d]] for d in self._docs])
-            manifest = {
-                "format": FORMAT_NAME,
-                "version": STORE_FORMAT_VERSION,
-                "model_fingerprint": fingerprint,
-                "settings": self.settings.store_dict(),
-                "n_memories": None,
-                "next_segment": self.next_segment,
-                "segments": entries,
-                "catalog": {"file": catalog_name, "sha256": catalog_sha},
-            }
-            manifest["n_memories"] = self._n_memories(directory, entries)
-            _write_json(directory, manifest_name, manifest)
-            _fsync_dir(directory)
-            pointer_tmp = os.path.join(directory, f".{POINTER}.{secrets.token_hex(4)}")
-            with open(pointer_tmp, "w") as fh:
-                fh.write(manifest_name + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(pointer_tmp, os.path.join(directory, POINTER))
-            _fsync_dir(directory)
-            keep = {e["folder"] for e in entries} | {manifest_name, catalog_name, POINTER}
-            ours = ("seg-", "snap-", "manifest-", "catalog-", ".tmp-", f".{POINTER}.")
-            for entry in os.listdir(directory):
-                if entry not in keep and entry.startswith(ours):
-                    path = os.path.join(directory, entry)
-                    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
+            manifest_name = persistence.write_manifest(
+                directory, stamp, entries, [[d, parts[d]] for d in self._docs], settings=self.settings,
+                fingerprint=fingerprint, n_memories=self._n_memories(directory, entries), next_segment=self.next_segment)
+            persistence.point_current(directory, manifest_name)
+            persistence.remove_unnamed(directory, entries, stamp)
             return os.path.join(directory, manifest_name)
 
     @staticmethod
@@ -675,37 +643,10 @@ def _unwrap(get):
         raise
 
 
-def _write_json(directory: str, name: str, value) -> str:
-    import hashlib
-
-    tmp = os.path.join(directory, f".tmp-{name}")
-    data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.rename(tmp, os.path.join(directory, name))
-    return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:  # pragma: no cover
-        pass
 
 
 def _folder_bytes(path: str) -> int:

@@ -100,7 +100,7 @@ def save_index(index: MemoryIndex, directory: str) -> str:
         final = os.path.join(directory, name)
         os.rename(tmp, final)
         _fsync_dir(directory)
-        _point_current(directory, name)
+        point_current(directory, name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -135,7 +135,7 @@ def write_snapshot(index: MemoryIndex, folder: str, fingerprint: str) -> None:
     _fsync_dir(folder)
 
 
-def _point_current(directory: str, name: str) -> None:
+def point_current(directory: str, name: str) -> None:
     """Make CURRENT name the snapshot `name`: a temp file, fsynced, then os.replace (atomic)."""
     pointer_tmp = os.path.join(directory, f".{POINTER}.{secrets.token_hex(4)}")
     with open(pointer_tmp, "w") as fh:
@@ -245,7 +245,8 @@ def _write_json(directory: str, name: str, value) -> str:
     return _sha256_file(os.path.join(directory, name))
 
 
-def _write_segment(index: MemoryIndex, directory: str, name: str, fingerprint: str) -> None:
+def write_segment_folder(index: MemoryIndex, directory: str, name: str, fingerprint: str) -> None:
+    """A segment's snapshot folder DIR/name, written under a temp name and renamed when complete."""
     tmp = os.path.join(directory, f".tmp-{name}")
     os.makedirs(tmp)
     try:
@@ -278,26 +279,15 @@ def save_store(store: SegmentedIndex, directory: str) -> str:
             for segment in store.segments:
                 name = segment_folder(segment, stamp)
                 if not os.path.isdir(os.path.join(directory, name)):  # a sealed one may be there already
-                    _write_segment(segment.index, directory, name, fingerprint)
+                    write_segment_folder(segment.index, directory, name, fingerprint)
                     written.append(name)
                 entries.append({"id": segment.id, "sealed": segment.sealed, "folder": name,
                                 "tombstones": list(segment.tombstones)})
-            written.append(catalog_name)
-            catalog_sha = _write_json(directory, catalog_name, [[d, list(p)] for d, p in store.catalog.items()])
-            manifest = {
-                "format": FORMAT_NAME,
-                "version": STORE_FORMAT_VERSION,
-                "model_fingerprint": fingerprint,
-                "settings": store.settings.store_dict(),
-                "n_memories": len(store.model.config.fwpkm_layers),
-                "next_segment": store.next_segment,
-                "segments": entries,
-                "catalog": {"file": catalog_name, "sha256": catalog_sha},
-            }
-            written.append(manifest_name)
-            _write_json(directory, manifest_name, manifest)
-            _fsync_dir(directory)
-            _point_current(directory, manifest_name)
+            written += [catalog_name, manifest_name]
+            write_manifest(directory, stamp, entries, [[d, list(p)] for d, p in store.catalog.items()],
+                           settings=store.settings, fingerprint=fingerprint,
+                           n_memories=len(store.model.config.fwpkm_layers), next_segment=store.next_segment)
+            point_current(directory, manifest_name)
             swapped = True
         except BaseException:
             if not swapped:
@@ -305,13 +295,40 @@ def save_store(store: SegmentedIndex, directory: str) -> str:
                     path = os.path.join(directory, name)
                     shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
             raise
-    # What the current manifest does not name is garbage now.
-    keep = {e["folder"] for e in entries} | {manifest_name, catalog_name, POINTER}
+    remove_unnamed(directory, entries, stamp)
+    return os.path.join(directory, manifest_name)
+
+
+def write_manifest(directory: str, stamp: str, entries: list, catalog_rows: list, *, settings: StoreSettings,
+                   fingerprint: str, n_memories: int, next_segment: int) -> str:
+    """Phase one of a save's commit, once every segment folder `entries` names is on disk: the catalog
+    (`catalog_rows`: [doc id, [segment ids]] in document order) and the manifest, each written atomically and
+    fsynced. Returns the manifest's name; `point_current` makes it the store's state."""
+    catalog_name, manifest_name = f"catalog-{stamp}.json", f"manifest-{stamp}.json"
+    catalog_sha = _write_json(directory, catalog_name, catalog_rows)
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": STORE_FORMAT_VERSION,
+        "model_fingerprint": fingerprint,
+        "settings": settings.store_dict(),
+        "n_memories": n_memories,
+        "next_segment": next_segment,
+        "segments": entries,
+        "catalog": {"file": catalog_name, "sha256": catalog_sha},
+    }
+    _write_json(directory, manifest_name, manifest)
+    _fsync_dir(directory)
+    return manifest_name
+
+
+def remove_unnamed(directory: str, entries: list, stamp: str) -> None:
+    """After CURRENT points at the manifest of save `stamp`: remove every save file or folder it does not name
+    (older manifests and catalogs, replaced segment folders, leftovers of interrupted saves)."""
+    keep = {e["folder"] for e in entries} | {f"manifest-{stamp}.json", f"catalog-{stamp}.json", POINTER}
     for entry in os.listdir(directory):
         if entry not in keep and entry.startswith(_OURS):
             path = os.path.join(directory, entry)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
-    return os.path.join(directory, manifest_name)
 
 
 def read_store_manifest(directory: str, name: str) -> dict:

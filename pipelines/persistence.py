@@ -154,16 +154,11 @@ def _unlink(path: str) -> None:
 
 
 def current_snapshot(directory: str) -> str:
+    """The snapshot folder CURRENT names in a version-1 store (one memory, no segments)."""
     directory = os.fspath(directory)
-    pointer = os.path.join(directory, POINTER)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no store at {directory}: the folder does not exist")
-    if not os.path.exists(pointer):
-        raise StateFormatError(f"{directory} is not an fwpkm store: it has no {POINTER} file (saved with store.save())")
-    with open(pointer) as fh:
-        name = fh.read().strip()
-    if not name.startswith("snap-") or os.sep in name or not os.path.isdir(os.path.join(directory, name)):
-        raise StateFormatError(f"{pointer} names a snapshot {name!r} that is not in {directory}")
+    name = current_name(directory)
+    if not name.startswith("snap-") or not os.path.isdir(os.path.join(directory, name)):
+        raise StateFormatError(f"{os.path.join(directory, POINTER)} names {name!r}, not a snapshot folder of {directory}")
     return os.path.join(directory, name)
 
 

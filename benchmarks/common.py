@@ -155,6 +155,19 @@ def write_json(out_dir: str, name: str, data, *, indent: int = 2) -> str:
     return path
 
 
+def write_final(out_dir: str, stem: str, res: dict, report) -> str:
+    """The end of a resumable run: `res` as stem.json (replacing the stem.partial.json written as parts finished),
+    `report(res)` as stem.md, printed; returns the markdown."""
+    write_json(out_dir, f"{stem}.json", res, indent=1)
+    partial = os.path.join(out_dir, f"{stem}.partial.json")
+    if os.path.exists(partial):
+        os.remove(partial)
+    md = report(res)
+    write_text(out_dir, f"{stem}.md", md)
+    print(md)
+    return md
+
+
 def write_text(out_dir: str, name: str, text: str) -> str:
     """`text` plus a final newline in out_dir/name (folder created)."""
     os.makedirs(out_dir, exist_ok=True)

@@ -31,7 +31,7 @@ import time
 from typing import Optional, Sequence
 
 from fwpkm_rag.benchmarks.common import (checkpoint_fingerprint, commit, klabel, machine, mean, percent, quantile,
-                                         rank_of, write_json, write_text)
+                                         rank_of, write_final, write_json)
 from fwpkm_rag.benchmarks.systems import FWPKM, FwPKMSystem, SystemSet, close_all, load_model_described
 
 PARTS = ("curve", "merge", "store")
@@ -650,11 +650,6 @@ def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, t
             res["store"] = []
             log("store: FwPKMStore has no segment_tokens yet; skipped")
     res["meta"]["wall_s"] = time.perf_counter() - wall0
-    write_json(out_dir, "segments.json", res, indent=1)
-    if os.path.exists(os.path.join(out_dir, "segments.partial.json")):
-        os.remove(os.path.join(out_dir, "segments.partial.json"))
-    md = report(res)
-    write_text(out_dir, "segments.md", md)
-    print(md)
+    write_final(out_dir, "segments", res, report)
     log(f"wall time {time.perf_counter() - wall0:.0f} s")
     return res

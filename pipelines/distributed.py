@@ -14,7 +14,7 @@ len, compact, rebuild, ...); `RayFwPKMStore` (pipelines/langchain/ray_store.py) 
 - **Ingestion** spreads whole documents over the actors: an id the store already holds goes to the actor that
   holds it (the replace stays one actor's transaction), a new one to the least-loaded actor (characters of live
   documents). Inputs are checked on the driver first, so a bad input changes nothing on any actor.
-- **Queries** fan out to every actor; each returns every segment's own top k (`retrieval.rank_view` /
+- **Queries** fan out to every actor; each returns every segment's own top k (`segments.rank_segments` /
   `hits_of`), and the driver merges them with `merge.merge_hits` and the store's strategy, in segment-id
   order: the same merge, on the same lists, as the local store.
 - **Persistence** writes the local store's format (version 2, persistence.py): every actor writes its segment
@@ -180,18 +180,20 @@ class SegmentWorker:
         """[(segment id, that segment's own top k as Hits)] for every segment of this actor, in order."""
         import torch
 
-        from fwpkm_rag.pipelines.retrieval import check_query, hits_of, rank_view
+        from fwpkm_rag.pipelines.retrieval import check_query, hits_of
+        from fwpkm_rag.pipelines.segments import rank_segments
 
         idx = self.index
         k = check_k(k)
         check_query(idx.tok, query, idx.settings.max_query_tokens)
         with idx.snapshot() as (view, dbs):
+            with torch.no_grad():
+                ranked = rank_segments(view.segments, query, k) if k else [None] * len(dbs)
             out = []
-            for sv, db in zip(view.segments, dbs):
-                with torch.no_grad():
-                    ranked = rank_view(sv.index, sv.view, query, k)
-                out.append((sv.id, hits_of(sv.index, sv.view, db, ranked, segment=sv.id, with_matches=with_matches,
-                                           match_top=match_top)))
+            for sv, db, r in zip(view.segments, dbs, ranked):
+                hits = [] if r is None else hits_of(sv.index, sv.view, db, r, segment=sv.id,
+                                                    with_matches=with_matches, match_top=match_top)
+                out.append((sv.id, hits))
             return out
 
     def get(self, doc_ids: list) -> list:

@@ -23,6 +23,13 @@ uses the non-overlapping core spans.
 Nothing but the current piece, the provenance table (fixed size) and a map of the still-unwritten positions
 is held in RAM: an iterable/generator of any length streams through at flat memory.
 
+Sealing. A segment that the segmented store seals never takes another write but deletes, so `seal()` keeps in
+RAM only what retrieval reads: the sub-keys of each memory (the fast path's top-k), the scored layers'
+provenance packed (`CompactProvenance`), the chunk counts (int32) and the alive flags. The memory states (values,
+the KV window) go to a private folder on disk (`SpilledMemory`, the files `cache.save` writes), read back only
+for answers from memory, the slow reference path and saving; the full provenance table goes to the segment's
+database (on disk), where a save copies it from.
+
 Transactions and readers. An add (or delete) call is one transaction: it works on private copies of the
 memory states, the provenance table and the token counts, and on an open SQLite transaction; at the end it
 commits the documents and publishes the new state (an `IndexView`) in one step, or, when anything fails
@@ -34,8 +41,12 @@ half of one. One writer at a time (`index.lock`).
 from __future__ import annotations
 
 import bisect
+import os
+import shutil
+import tempfile
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
@@ -47,7 +58,7 @@ from fwpkm_rag.errors import ConfigError, StateFormatError
 from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import DocStore, dump_metadata
-from fwpkm_rag.pipelines.provenance import ProvenanceTable
+from fwpkm_rag.pipelines.provenance import CompactProvenance, ProvenanceTable
 from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
 
 _KEEP = object()  # add(max_document_chars=...) not given: the index's own limit
@@ -57,12 +68,52 @@ _KEEP = object()  # add(max_document_chars=...) not given: the index's own limit
 class IndexView:
     """A published, immutable state of an index: what readers see. Nothing ever writes these objects."""
 
-    memory: tuple  # one MemoryState per FwPKM layer
-    provenance: ProvenanceTable
-    chunk_df: torch.Tensor  # (vocab,) int64 chunks containing each token
+    memory: tuple  # one MemoryState per FwPKM layer (a sealed segment: a SpilledMemory, read from disk)
+    provenance: ProvenanceTable  # (a sealed segment: CompactProvenance)
+    chunk_df: torch.Tensor  # (vocab,) chunks containing each token (int64; int32 once sealed)
     next_chunk: int  # chunk ids handed out so far (the N of the question-token idf)
     docs: DocStore
     version: int
+    keys: tuple = ()  # (1, 2Hn, k_dim/2) sub-keys per FwPKM layer: all the fast path reads of the memories
+
+
+class SpilledMemory:
+    """A sealed segment's memory states (and KV window) on disk, in a private folder in the format `cache.save`
+    writes: a read-only sequence of MemoryStates, one per FwPKM layer, read back from the folder on each use
+    (answers from memory, the reference path, saving) and never held. The folder goes with the last reference."""
+
+    def __init__(self, model: MemoryLM, cache, keys: tuple):
+        self.model, self.keys = model, keys
+        self.folder = tempfile.mkdtemp(prefix="fwpkm-sealed-")
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        try:
+            cache.save(self.folder)
+        except BaseException:
+            self._finalizer()
+            raise
+        self.n_memories, self.position = len(cache.memory), cache.position
+
+    def load(self):
+        """The whole cache (memories and KV window) as it was when sealed."""
+        return self.model.load_cache(self.folder)
+
+    def save(self, folder: str) -> None:
+        """Copy the files into `folder` (what `cache.save(folder)` would write)."""
+        for name in sorted(os.listdir(self.folder)):
+            shutil.copyfile(os.path.join(self.folder, name), os.path.join(folder, name))
+
+    def nbytes(self) -> int:
+        """Bytes held in RAM: the sub-keys (the rest is on disk)."""
+        return sum(k.numel() * k.element_size() for k in self.keys)
+
+    def __len__(self) -> int:
+        return self.n_memories
+
+    def __iter__(self):
+        return iter(self.load().memory)
+
+    def __getitem__(self, i):
+        return tuple(self.load().memory)[i]
 
 
 class _ChunkPositions:
@@ -128,6 +179,7 @@ class MemoryIndex:
         self._saved: Optional[dict] = None  # what abort_write restores
         self._queue: Optional[chunking.TokenQueue] = None
         self._unwritten = _ChunkPositions()
+        self._spill: Optional[SpilledMemory] = None  # the memory states on disk, once sealed
         self.publish()
 
     # ---- published state (readers) --------------------------------------------------------------------------
@@ -136,8 +188,25 @@ class MemoryIndex:
         with self._publish_lock:
             self.docs.commit()
             version = 0 if self.view is None else self.view.version + 1
-            self.view = IndexView(tuple(self.cache.memory), self.provenance, self.chunk_df, self.next_chunk,
-                                  self.docs, version)
+            self.view = self._view(version)
+
+    def _view(self, version: int) -> IndexView:
+        if self.sealed:
+            memory, keys = self._spill, self._spill.keys
+        else:
+            memory = tuple(self.cache.memory)
+            keys = tuple(m.keys for m in memory)
+        return IndexView(memory, self.provenance, self.chunk_df, self.next_chunk, self.docs, version, keys)
+
+    @property
+    def position(self) -> int:
+        """The memory stream's position (tokens the model has consumed)."""
+        return self._spill.position if self.sealed else self.cache.position
+
+    @property
+    def sealed(self) -> bool:
+        """Compacted by `seal()`: read-only but for deletes, memory states on disk."""
+        return self._spill is not None
 
     @contextmanager
     def snapshot(self):
@@ -154,6 +223,8 @@ class MemoryIndex:
 
     def _begin(self) -> dict:
         """Private copies of the mutable state for one write call; returns what to restore on failure."""
+        if self.sealed:
+            raise RuntimeError("this segment is sealed: it takes deletes only (begin_write(light=True))")
         saved = {"cache": self.cache, "provenance": self.provenance, "chunk_df": self.chunk_df,
                  "next_chunk": self.next_chunk, "next_seq": self.next_seq, "tokens_ingested": self.tokens_ingested,
                  "at_boundary": self.at_boundary}
@@ -178,8 +249,30 @@ class MemoryIndex:
         return int(self.provenance.alive.sum()) if self.provenance.n_chunks else 0
 
     def nbytes(self) -> int:
-        """Resident bytes of the index: memory states + KV window + provenance table + token counts."""
-        return self.cache.nbytes() + self.provenance.nbytes() + self.chunk_df.numel() * 8
+        """Resident bytes of the index: memory states + KV window + provenance table + token counts (sealed:
+        sub-keys + packed provenance + token counts; the rest is on disk)."""
+        memory = self._spill.nbytes() if self.sealed else self.cache.nbytes()
+        return memory + self.provenance.nbytes() + self.chunk_df.numel() * self.chunk_df.element_size()
+
+    # ---- sealing --------------------------------------------------------------------------------------------
+    def seal(self, scored_layers: int) -> None:
+        """Keep in RAM only what retrieval reads (module docstring, "Sealing"): the memory states to a private
+        folder, the full provenance table and counts to the database, then the first `scored_layers` layers'
+        provenance packed. Only between write calls; after it, only deletes. Does nothing when sealed already;
+        a failure (e.g. a full disk) leaves the index as it was."""
+        with self.lock:
+            if self.sealed:
+                return
+            if self._writing:
+                raise RuntimeError("seal() inside an open write transaction")
+            spill = SpilledMemory(self.model, self.cache, tuple(m.keys for m in self.cache.memory))
+            self._write_tables()
+            self.docs.commit()
+            compact = CompactProvenance.from_table(self.provenance, scored_layers)
+            with self._publish_lock:
+                self._spill, self.cache = spill, None
+                self.provenance, self.chunk_df = compact, self.chunk_df.to(torch.int32)
+                self.view = self._view(self.view.version + 1)
 
     # ---- ingestion ------------------------------------------------------------------------------------------
     def add(self, items: Iterable[tuple[Optional[str], str, Optional[dict]]], *, passes: Optional[int] = None,
@@ -380,20 +473,37 @@ class MemoryIndex:
             fresh = self.rebuilt(passes=passes)
             with self._publish_lock:
                 for name in ("cache", "provenance", "chunk_df", "docs", "next_chunk", "next_seq", "tokens_ingested",
-                             "at_boundary"):
+                             "at_boundary", "_spill"):
                     setattr(self, name, getattr(fresh, name))
-                self.view = IndexView(tuple(self.cache.memory), self.provenance, self.chunk_df, self.next_chunk,
-                                      self.docs, self.view.version + 1)
+                self.view = self._view(self.view.version + 1)
             # the old database is removed when the last reader's view of it is gone (DocStore's finalizer)
 
     # ---- snapshots (persistence.py writes and reads the files) ---------------------------------------------------
     def save_state(self) -> None:
         """Write the provenance table, the chunk counts and the counters into the document database, which a
-        snapshot then copies (with the documents) into its store.sqlite. Call under `self.lock`."""
+        snapshot then copies (with the documents) into its store.sqlite. Call under `self.lock`. A sealed index
+        wrote its full table when it sealed: only the alive flags (deletes since) are new."""
+        if self.sealed:
+            self.docs.put_array("provenance.alive", self.provenance.alive)
+        else:
+            self._write_tables()
+        self._sync_meta()
+
+    def _write_tables(self) -> None:
         for name, tensor in self.provenance.tensors().items():
             self.docs.put_array(f"provenance.{name}", tensor)
         self.docs.put_array("chunk_df", self.chunk_df)
-        self._sync_meta()
+
+    def save_memory(self, folder: str) -> None:
+        """The memory states and KV window into `folder` (memory-<i>.safetensors, kv.safetensors)."""
+        if self.sealed:
+            self._spill.save(folder)
+        else:
+            self.cache.save(folder)
+
+    @property
+    def n_memories(self) -> int:
+        return len(self._spill) if self.sealed else len(self.cache.memory)
 
     def restore_state(self, cache, source: str) -> None:
         """Take the state a snapshot holds: provenance, chunk counts and counters from the document database

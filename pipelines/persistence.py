@@ -118,14 +118,14 @@ def write_snapshot(index: MemoryIndex, folder: str, fingerprint: str) -> None:
     with index.lock:
         index.save_state()
         index.docs.backup_to(os.path.join(folder, "store.sqlite"))
-        index.cache.save(folder)  # memory-<i>.safetensors per FwPKM layer and kv.safetensors
+        index.save_memory(folder)  # memory-<i>.safetensors per FwPKM layer and kv.safetensors
         files = sorted(f for f in os.listdir(folder) if not f.startswith("."))
         manifest = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "model_fingerprint": fingerprint,
             "settings": index.settings.to_dict(),
-            "n_memories": len(index.cache.memory),
+            "n_memories": index.n_memories,
             "files": {f: _sha256_file(os.path.join(folder, f)) for f in files},
         }
     with open(os.path.join(folder, "manifest.json"), "w") as fh:

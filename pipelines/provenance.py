@@ -7,7 +7,11 @@ recall (retrieval notes). The table's size is fixed by the memory, not by the co
 (slot, chunk) write events of every slot (`writes`, for the slot idf) and which chunk ids are still alive.
 
 How a question is scored against the table (slot idf, saturation, contributions) is retrieval's job:
-`retrieval.score_chunks`.
+`retrieval.score_chunks`; it reads a table only through `entries`, `writes`, `alive` and `n_chunks`.
+
+A sealed segment's table never takes another write, so it is packed (`CompactProvenance`, docs/segments.md):
+only the layers retrieval scores, each slot's writers back to back (no empty entries), chunk ids in 16 bits
+where the segment has fewer than 65,536 chunks. The full table goes to the segment's database on disk first.
 """
 from __future__ import annotations
 
@@ -105,6 +109,16 @@ class ProvenanceTable:
         self.chunk[layer, touched] = chunk_rows
         self.strength[layer, touched] = strength_rows
 
+    # ---- reading (retrieval) --------------------------------------------------------------------------------
+    def entries(self, layer: int, slots: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Every writer entry of the slots `slots` (R,) of one layer: (which read (E,) int64 index into slots,
+        chunk id (E,) int64, strength (E,) float32), slot by slot, strongest first within a slot. Entries of
+        deleted chunks are included (the caller filters by `alive`)."""
+        chunk = self.chunk[layer, slots]  # (R, m)
+        valid = chunk >= 0
+        which = torch.arange(slots.numel())[:, None].expand_as(valid)[valid]
+        return which, chunk[valid].long(), self.strength[layer, slots][valid].float()
+
     # ---- persistence ----------------------------------------------------------------------------------------
     def tensors(self) -> dict:
         return {"chunk": self.chunk, "strength": self.strength, "writes": self.writes, "alive": self.alive}
@@ -116,3 +130,71 @@ class ProvenanceTable:
         table.chunk, table.strength = tensors["chunk"].to(torch.int32), tensors["strength"].to(torch.float16)
         table.writes, table.alive = tensors["writes"].float(), tensors["alive"].bool()
         return table
+
+
+class CompactProvenance:
+    """A sealed segment's provenance, as retrieval reads it: the first `n_layers` layers of a `ProvenanceTable`,
+    each slot's writers packed back to back (CSR). Per kept layer: `offsets` (N+1,) int32 (slot s's entries are
+    offsets[s]:offsets[s+1]), `chunk` (E,) uint16 (int32 when the segment has 65,536 chunks or more) and
+    `strength` (E,) float16, in the table's order (strongest first within a slot); `writes` (n_layers, N)
+    float32 and `alive` as in the table. Read-only but for deletes (`alive`)."""
+
+    def __init__(self, offsets: list, chunk: list, strength: list, writes: Tensor, alive: Tensor, n_slots: int):
+        self.offsets, self.chunk, self.strength = offsets, chunk, strength
+        self.writes, self.alive = writes, alive
+        self.n_layers, self.n_slots = len(offsets), n_slots
+
+    @classmethod
+    def from_table(cls, table: ProvenanceTable, n_layers: int) -> "CompactProvenance":
+        n_layers = min(check_int("n_layers", n_layers, 1), table.n_layers)
+        narrow = torch.uint16 if table.n_chunks <= 65535 else torch.int32  # 65535 itself stays below 2**16
+        offsets, chunks, strengths = [], [], []
+        for layer in range(n_layers):
+            chunk = table.chunk[layer]  # (N, m), the valid entries of a slot first (record keeps them so)
+            valid = chunk >= 0
+            counts = valid.sum(1)  # (N,)
+            offsets.append(torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32))
+            chunks.append(chunk[valid].to(narrow))  # row-major: slot by slot, in the table's order
+            strengths.append(table.strength[layer][valid].clone())
+        return cls(offsets, chunks, strengths, table.writes[:n_layers].clone(), table.alive.clone(), table.n_slots)
+
+    @property
+    def n_chunks(self) -> int:
+        return self.alive.numel()
+
+    @property
+    def n_entries(self) -> int:
+        return sum(c.numel() for c in self.chunk)
+
+    def delete(self, chunk_ids) -> None:
+        ids = torch.as_tensor(list(chunk_ids), dtype=torch.long)
+        if ids.numel():
+            self.alive[ids] = False
+
+    def with_own_alive(self) -> "CompactProvenance":
+        """A copy that shares the packed entries and owns its alive flags: all a delete call changes."""
+        table = copy.copy(self)
+        table.alive = self.alive.clone()
+        return table
+
+    def tensors(self) -> dict:
+        """Every array, by name (for comparisons; a sealed segment saves its full table, not these)."""
+        out = {"writes": self.writes, "alive": self.alive}
+        for layer in range(self.n_layers):
+            out.update({f"offsets.{layer}": self.offsets[layer], f"chunk.{layer}": self.chunk[layer],
+                        f"strength.{layer}": self.strength[layer]})
+        return out
+
+    def nbytes(self) -> int:
+        packed = sum(t.numel() * t.element_size() for ts in (self.offsets, self.chunk, self.strength) for t in ts)
+        return packed + self.writes.numel() * 4 + self.alive.numel()
+
+    def entries(self, layer: int, slots: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As `ProvenanceTable.entries`, in the same order (so scores sum in the same order, to the bit)."""
+        off = self.offsets[layer]
+        start = off[slots].long()  # (R,)
+        count = off[slots + 1].long() - start  # (R,)
+        which = torch.repeat_interleave(torch.arange(slots.numel()), count)  # (E,)
+        first = torch.repeat_interleave(count.cumsum(0) - count, count)  # (E,) where each read's run begins
+        pos = start[which] + torch.arange(which.numel()) - first  # (E,) into the packed arrays
+        return which, self.chunk[layer][pos].long(), self.strength[layer][pos].float()

@@ -1,9 +1,19 @@
 """Retrieval by memory: question -> reads -> idf -> scores against the provenance -> ranked `Hit`s.
 
 Reads. The question (eos + its tokens) runs through the model with `read_only=True` on a *query cache*: a fresh
-cache (empty KV window) whose memories are the store's published memory states. States are immutable and a
-read-only call never writes them, so a question never changes the store. Its reads are the slots and weights
-at every token of every FwPKM layer.
+cache (empty KV window) whose memories are the store's published memory states, with the query convolution's
+tail cleared (`question_memories`: the question starts its own stream; it does not see the last tokens a segment
+happened to ingest). States are immutable and a read-only call never writes them, so a question never changes
+the store. Its reads are the slots and weights at every token of every FwPKM layer.
+
+Scored layers. Only the reads of the model's FIRST FwPKM layer score chunks (`SCORED_LAYERS`). Measured
+(docs/benchmarks.md, "Segments: one question, many segments"): with the default model the second layer's reads
+follow the question's template words, not its key, and lifted look-alike needles over the real one (128K
+tokens, 17 needles: hit@1 9/17 scoring both layers, 16/17 the first alone). The first layer's queries also
+depend on the question's tokens only (no memory is read before it), so one computation of them serves every
+segment of a store: `rank_views` (the fast path) computes them once and, per segment, only the top-k against
+that segment's sub-keys and the provenance lookup; `rank_view` (one full forward per segment) stays the slow
+obvious reference, and a test holds them to the same reads and rankings.
 
 idf. Each question token is weighted by its idf over the ingested chunks, log(1 + (N + 1) / (df + 1)) with df
 the number of chunks that contain the token (the index's `chunk_df`); the leading eos weighs 0.
@@ -22,20 +32,27 @@ chunks in insertion order with score 0.
 """
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from fwpkm_rag.errors import InputError, InputTypeError, QueryTooLongError, check_int
+from fwpkm_rag.kernels import product_key_topk, read_weights
 from fwpkm_rag.modeling.protocol import Tokenizer
 from fwpkm_rag.pipelines.index import IndexView, MemoryIndex
 from fwpkm_rag.pipelines.provenance import ProvenanceTable
 
 SATURATION = 0.5
 """s / (s + SATURATION): how fast a writer's strength on a slot stops adding to its score."""
+
+SCORED_LAYERS = 1
+"""How many FwPKM layers, from the first, score chunks: the first one only (see the module docstring; measured in
+docs/benchmarks.md, "Segments: one question, many segments")."""
 
 
 @dataclass
@@ -114,14 +131,25 @@ def token_idf(view: IndexView, ids: list[int]) -> Tensor:
     return torch.log1p((n + 1.0) / (df + 1.0))
 
 
+def question_memories(memories) -> tuple:
+    """The states a question reads: `memories` with the query convolution's tail cleared (not copied otherwise).
+
+    A stored state keeps the query projections of the last tokens its stream ingested; a question is a stream
+    of its own, so its first tokens must not mix them in (nor differ from segment to segment)."""
+    return tuple(dataclasses.replace(m, conv_cache=torch.zeros_like(m.conv_cache)) for m in memories)
+
+
 @torch.no_grad()
 def read_question(index: MemoryIndex, query: str, view: Optional[IndexView] = None) -> QueryReads:
-    """The question's reads of `view`'s memories (default: the published view) and its tokens' idf."""
+    """The question's reads of `view`'s memories (default: the published view) and its tokens' idf: one full
+    forward over this view's memories (the slow, obvious path; `rank_views` is the fast one)."""
     start = time.perf_counter()
     ids = check_query(index.tok, query, index.settings.max_query_tokens)
     view = index.view if view is None else view
     x = torch.tensor([ids], dtype=torch.long, device=index.device)  # (1, T)
-    query_cache = index.model.init_cache(1, memories=view.memory)  # empty KV over the store's memories
+    # empty KV over the store's memories (a sealed segment's are read back from its spill: slow, but this is
+    # the reference path)
+    query_cache = index.model.init_cache(1, memories=question_memories(view.memory))
     out = index.model(x, cache=query_cache, read_only=True, return_memory=True, logits_to_keep=1, memory_only=True)
     reads = []
     for slots, weights, _gate in out.memory_reads:  # (1, T, H, k) each
@@ -133,26 +161,24 @@ def read_question(index: MemoryIndex, query: str, view: Optional[IndexView] = No
 
 
 # ---- scores -----------------------------------------------------------------------------------------------------
-def slot_idf(table: ProvenanceTable, layer: int) -> Tensor:
+def slot_idf(table, layer: int) -> Tensor:
     """(N,) log(1 + all write events / this slot's write events)."""
     w = table.writes[layer]
     return torch.log1p(w.sum() / w.clamp_min(1.0))
 
 
-def _contributions(table: ProvenanceTable, layer: int, slots: Tensor, weights: Tensor,
+def _contributions(table, layer: int, slots: Tensor, weights: Tensor,
                    token_weight: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """Every live writer met by the reads of one layer: (contribution (E,), chunk id (E,), slot (E,))."""
+    """Every live writer met by the reads of one layer: (contribution (E,), chunk id (E,), slot (E,)).
+    `table`: a ProvenanceTable or a sealed segment's CompactProvenance (the same entries, in the same order)."""
     slots = slots.long()  # (T, J)
     T, _ = slots.shape
     tw = torch.ones(T) if token_weight is None else token_weight.float()  # (T,)
-    read = weights.float() * slot_idf(table, layer)[slots].pow(2) * tw[:, None]  # (T, J)
-    chunk = table.chunk[layer, slots].long()  # (T, J, m)
-    strength = table.strength[layer, slots].float()  # (T, J, m)
-    valid = chunk >= 0
-    saturated = strength / (strength + SATURATION)  # (T, J, m)
-    contrib = (read[..., None] * saturated)[valid]  # (E,)
-    slot = slots[..., None].expand_as(valid)[valid]
-    chunk = chunk[valid]
+    read = (weights.float() * slot_idf(table, layer)[slots].pow(2) * tw[:, None]).reshape(-1)  # (T*J,)
+    flat = slots.reshape(-1)  # (T*J,)
+    which, chunk, strength = table.entries(layer, flat)  # (E,) each
+    contrib = read[which] * (strength / (strength + SATURATION))  # saturated strength
+    slot = flat[which]
     alive = table.alive[chunk]
     return contrib[alive], chunk[alive], slot[alive]
 
@@ -222,10 +248,89 @@ def rank_view(index: MemoryIndex, view: IndexView, query: str, k: int) -> Ranked
     if k == 0 or table.n_chunks == 0 or not bool(table.alive.any()):
         return Ranked([], [])
     q = read_question(index, query, view)
+    q = dataclasses.replace(q, reads=q.reads[:SCORED_LAYERS])
+    return _ranked(table, q, k)
+
+
+def _ranked(table, q: QueryReads, k: int) -> Ranked:
     scores = score_chunks(table, q.reads, q.token_weight)
     chosen = _top_k(scores, table.alive, k)
     values = [float(scores[c]) if torch.isfinite(scores[c]) else 0.0 for c in chosen]
     return Ranked(chosen, values, q)
+
+
+# ---- the fast path: one question, many segments ---------------------------------------------------------------
+class _Captured(Exception):
+    """Ends a question's forward once the first FwPKM layer's input is in hand (nothing after it is needed)."""
+
+
+def first_layer_queries(model, ids: list[int]) -> Tensor:
+    """(1, T, H*k_dim) the question's queries at the model's first FwPKM layer, convolution tail cleared.
+
+    No memory is read before that layer, so its input, and these queries, are the same whatever memory the
+    question reads: computed once per question, not once per segment. The layer's input is taken by a forward
+    pre-hook on this thread's call (another thread's forward on the same model, an ingest, passes untouched),
+    and the forward stops there."""
+    layer = model.fwpkm_modules[0]
+    me, got = threading.get_ident(), []
+
+    def grab(_module, args, kwargs):
+        if threading.get_ident() != me or got:
+            return None
+        got.append((args[0] if args else kwargs["hidden"], args[1] if len(args) > 1 else kwargs["state"]))
+        raise _Captured
+
+    handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        x = torch.tensor([ids], dtype=torch.long, device=model.device)  # (1, T)
+        model(x, cache=model.init_cache(1), read_only=True, logits_to_keep=1, memory_only=True)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not got:  # pragma: no cover - every MemoryLM runs its FwPKM layers
+        raise RuntimeError("the model's forward never reached its first FwPKM layer")
+    hidden, state = got[0]
+    q, _, _, _ = layer.project(hidden, torch.zeros_like(state.conv_cache))  # (1, T, H*k_dim)
+    return q
+
+
+def reads_against(q: Tensor, keys: Tensor, config) -> tuple[Tensor, Tensor]:
+    """A question's reads of one memory from its queries: q (1, T, H*k_dim) against keys (1, 2Hn, k_dim/2) ->
+    (slots (T, H*k), weights (T, H*k)). The same ops on the same pieces of C tokens as the memory's own read
+    (memory.core.read_chunk via stream_memory), so the same ids and weights as a forward over that memory."""
+    T = q.shape[1]
+    H, C = config.heads, config.chunk_size
+    slots, weights = [], []
+    for a in range(0, T, C):
+        part = q[:, a:a + C].reshape(1, -1, H, config.k_dim)  # (1, L, H, k_dim)
+        s, scores, _ = product_key_topk(part, keys, topk=config.topk, score=config.score, eps=config.eps)
+        slots.append(s[0].reshape(part.shape[1], -1))  # (L, H*k)
+        weights.append(read_weights(scores)[0].reshape(part.shape[1], -1).float())
+    return torch.cat(slots), torch.cat(weights)
+
+
+@torch.no_grad()
+def rank_views(model, views: Sequence[IndexView], ids: list[int], k: int) -> list[Ranked]:
+    """Every view's own top k for a question (checked token ids `ids`, eos first): the first FwPKM layer's
+    queries computed once (`first_layer_queries`), then per view only the top-k against its sub-keys and the
+    provenance lookup. Agrees with `rank_view` (one forward per view) on reads and rankings (tests)."""
+    if k == 0 or not views:
+        return [Ranked([], []) for _ in views]
+    start = time.perf_counter()
+    q = first_layer_queries(model, ids)
+    config = model.fwpkm_modules[0].config
+    out = []
+    for view in views:
+        table = view.provenance
+        if table.n_chunks == 0 or not bool(table.alive.any()):
+            out.append(Ranked([], []))
+            continue
+        reads = [reads_against(q, view.keys[0], config)]
+        token_weight = token_idf(view, ids)
+        token_weight[0] = 0.0  # the leading eos is not part of the question
+        out.append(_ranked(table, QueryReads(ids, reads, token_weight, time.perf_counter() - start), k))
+    return out
 
 
 def hits_of(index: MemoryIndex, view: IndexView, db, ranked: Ranked, *, segment: int = 0,

@@ -14,8 +14,12 @@ table and its own document database of the text parts it holds) with an id and a
   MemoryIndex opens its two-phase write (`begin_write` ... `prepare_write`, then `commit_write` or
   `abort_write`), segments created by the call are dropped on failure, and the new list of segment views is
   published in one step (`StoreView`), so readers see all of a call or nothing of it.
-- A question fans out: every segment ranks its top k on its own published view (threads, bounded by
-  `SEARCH_THREADS`), and `merge.merge_hits` merges the lists by the store's `merge` strategy.
+- A question fans out: its first-FwPKM-layer queries are computed once, then every segment ranks its top k on
+  its own published view (its sub-keys' top-k, its provenance: `rank_segments`), and `merge.merge_hits` merges
+  the lists by the store's `merge` strategy. `search_reference` is the slow, obvious path (a forward per segment).
+- A sealed segment keeps in RAM only what that ranking reads (`MemoryIndex.seal`): sub-keys, packed provenance
+  of the scored layer, token counts; its memory states live on disk and are read back only for answers from
+  memory and saving.
 - Delete tombstones chunks in their segments (a sealed segment also remembers the ids, for persistence);
   `compact` rebuilds only the segments whose live fraction fell below a threshold, from their stored parts.
 
@@ -29,7 +33,7 @@ import dataclasses
 import numbers
 import secrets
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
@@ -43,11 +47,9 @@ from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import dump_metadata
 from fwpkm_rag.pipelines.index import IndexView, MemoryIndex, progress_bar
 from fwpkm_rag.pipelines.merge import merge_hits
-from fwpkm_rag.pipelines.retrieval import Hit, add_matches, check_k, check_query, hits_of, rank_view
+from fwpkm_rag.pipelines.retrieval import (SCORED_LAYERS, Hit, Ranked, add_matches, check_k, check_query, hits_of,
+                                           rank_view, rank_views)
 from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
-
-SEARCH_THREADS = 4
-"""At most this many segments are ranked at once for one question."""
 
 _KEEP = object()  # add(max_document_chars=...) not given: the store's own limit
 
@@ -181,6 +183,7 @@ class SegmentedIndex:
         self.next_segment = max([_next_segment] + [s.id + 1 for s in self.segments])
         self.view: Optional[StoreView] = None
         self._set_view()
+        self._compact_sealed()
 
     # ---- published state ------------------------------------------------------------------------------------
     def _set_view(self) -> None:
@@ -203,6 +206,23 @@ class SegmentedIndex:
                 txn.next_segment += 1
             self.segments, self.catalog, self.next_segment = segments, txn.catalog, txn.next_segment
             self._set_view()
+
+    def _compact_sealed(self) -> None:
+        """Sealed segments keep in RAM only what retrieval reads (`MemoryIndex.seal`: memory states to disk,
+        provenance packed), then the store view is republished. After a commit, so a failure here (a full disk)
+        loses nothing: the segment stays whole in RAM and is compacted by a later call."""
+        done = False
+        for segment in self.segments:
+            if segment.sealed and not segment.index.sealed:
+                try:
+                    segment.index.seal(SCORED_LAYERS)
+                except OSError as exc:
+                    warnings.warn(f"segment {segment.id} could not be compacted (it stays in RAM): {exc}")
+                    continue
+                done = True
+        if done:
+            with self._publish_lock:
+                self._set_view()
 
     @contextmanager
     def snapshot(self):
@@ -282,6 +302,7 @@ class SegmentedIndex:
             finally:
                 if bar is not None:
                     bar.close()
+            self._compact_sealed()  # committed already: the segments this call sealed shrink in RAM
         return ids_out
 
     def _place(self, txn: _Transaction, doc_id: str, text: str, metadata, doc: chunking.ChunkedDocument,
@@ -381,6 +402,7 @@ class SegmentedIndex:
                 self.next_segment += 1
             self.segments = segments
             self._set_view()
+        self._compact_sealed()
         # the old databases are removed when the last reader's view of them is gone (DocStore's finalizer)
 
     # ---- reading --------------------------------------------------------------------------------------------
@@ -395,16 +417,7 @@ class SegmentedIndex:
             segments = view.segments
             if k == 0:
                 return []
-
-            def rank(sv: SegmentView):
-                with torch.no_grad():
-                    return rank_view(sv.index, sv.view, query, k)
-
-            if len(segments) == 1:
-                ranked = [rank(segments[0])]
-            else:
-                with ThreadPoolExecutor(max_workers=min(len(segments), SEARCH_THREADS)) as pool:
-                    ranked = list(pool.map(rank, segments))
+            ranked = rank_segments(segments, query, k)
             per_segment = [hits_of(sv.index, sv.view, db, r, segment=sv.id)
                            for sv, r, db in zip(segments, ranked, dbs)]
             merged = merge_hits(per_segment, k, self.settings.merge if strategy is None else strategy)
@@ -415,18 +428,29 @@ class SegmentedIndex:
                     add_matches(sv.view, r, hit, match_top)
             return merged
 
+    def search_reference(self, query: str, k: int, *, strategy: Optional[str] = None) -> list[Hit]:
+        """`search` by the slow, obvious path: one full forward of the question per segment over that segment's
+        memories (`retrieval.rank_view`; a sealed segment's read back from disk). Tests hold `search` to it."""
+        k = check_k(k)
+        check_query(self.tok, query, self.settings.max_query_tokens)
+        with self.snapshot() as (view, dbs), torch.no_grad():
+            ranked = [rank_view(sv.index, sv.view, query, k) for sv in view.segments]
+            per_segment = [hits_of(sv.index, sv.view, db, r, segment=sv.id)
+                           for sv, r, db in zip(view.segments, ranked, dbs)]
+            return merge_hits(per_segment, k, self.settings.merge if strategy is None else strategy)
+
     def memory_for(self, question: str) -> tuple:
         """The memories (one MemoryState per FwPKM layer, read only) that an answer from memory to `question`
         reads: a memory holds only its own segment's text, so the question goes to the segment whose chunk
         retrieval ranks first for it. With one segment, that one, without retrieving."""
         view = self.view
         if len(view.segments) == 1:
-            return view.segments[0].view.memory
+            return tuple(view.segments[0].view.memory)
         hits = self.search(question, 1)
         if hits:
             for sv in self.view.segments:
                 if sv.id == hits[0].segment:
-                    return sv.view.memory
+                    return tuple(sv.view.memory)  # a sealed segment's read back from disk
         return self.view.memory  # nothing ranked (an empty store), or the segment went away meanwhile
 
     def get(self, doc_ids: Iterable[str]) -> list[tuple[str, str, dict]]:
@@ -471,6 +495,17 @@ class SegmentedIndex:
                             "live_chunks": int(table.alive.sum()) if table.n_chunks else 0,
                             "bytes_in_memory": sv.index.nbytes()})
             return out
+
+
+def rank_segments(segments, query: str, k: int) -> list[Ranked]:
+    """Each segment's own top k for `query` (checked already), by the fast path (`retrieval.rank_views`: the
+    question's first-layer queries once, then per segment its sub-keys' top-k and its provenance). The local
+    store and the Ray actors (distributed.py) both rank through here."""
+    if not segments:
+        return []
+    first = segments[0].index
+    ids = check_query(first.tok, query, first.settings.max_query_tokens)
+    return rank_views(first.model, [sv.view for sv in segments], ids, k)
 
 
 def split_document(doc: chunking.ChunkedDocument, text: str, n_chunks: int):

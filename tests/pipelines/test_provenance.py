@@ -96,3 +96,48 @@ def test_round_trip_through_tensors():
     copy = ProvenanceTable.from_tensors(table.tensors())
     for name, t in table.tensors().items():
         assert torch.equal(t, copy.tensors()[name])
+
+
+# ---- a sealed segment's packed table (CompactProvenance) ---------------------------------------------------------
+def _filled_table(seed: int, n_chunks: int) -> ProvenanceTable:
+    gen = torch.Generator().manual_seed(seed)
+    table = ProvenanceTable(n_layers=2, n_slots=64, per_slot=6)
+    for layer in range(2):
+        for _ in range(4):
+            table.record(layer, *_random_writes(gen, 64, n_chunks, 300))
+    table.delete([1, 5])
+    return table
+
+
+def test_the_packed_table_holds_exactly_the_filled_entries_and_scores_to_the_bit():
+    from fwpkm_rag.pipelines.provenance import CompactProvenance
+
+    table = _filled_table(3, 40)
+    compact = CompactProvenance.from_table(table, 1)  # the scored layer only
+    assert compact.n_layers == 1 and compact.n_entries == int((table.chunk[0] >= 0).sum())
+    assert compact.chunk[0].dtype == torch.uint16 and compact.strength[0].dtype == torch.float16
+    assert compact.nbytes() < table.nbytes() / 2
+    slots = torch.tensor([0, 3, 3, 63, 17, 40])  # repeats, and whatever the slots hold
+    for got, want in zip(compact.entries(0, slots), table.entries(0, slots)):
+        assert torch.equal(got, want)  # same entries, same order
+    gen = torch.Generator().manual_seed(4)
+    reads = [(torch.randint(0, 64, (5, 4), generator=gen), torch.rand(5, 4, generator=gen))]
+    tw = torch.rand(5, generator=gen)
+    # the same float operations in the same order: equal to the bit (one process, one table)
+    assert torch.equal(score_chunks(compact, reads, tw), score_chunks(table, reads, tw))
+    assert slot_matches(compact, reads, 7, tw) == slot_matches(table, reads, 7, tw)
+
+
+def test_the_packed_table_takes_deletes_on_its_own_flags_and_widens_ids_past_16_bits():
+    from fwpkm_rag.pipelines.provenance import CompactProvenance
+
+    compact = CompactProvenance.from_table(_filled_table(5, 30), 2)
+    copy = compact.with_own_alive()
+    copy.delete([0, 2])
+    assert not copy.alive[0] and compact.alive[0] and copy.chunk is compact.chunk  # entries shared, flags not
+    reads = [(torch.arange(64).reshape(8, 8), torch.ones(8, 8))] * 2
+    assert torch.isinf(score_chunks(copy, reads)[[0, 2]]).all()
+    big = ProvenanceTable(n_layers=1, n_slots=4, per_slot=2)
+    big.record(0, torch.tensor([0, 1]), torch.tensor([3, 70_000]), torch.tensor([1.0, 2.0]))
+    wide = CompactProvenance.from_table(big, 1)
+    assert wide.chunk[0].dtype == torch.int32 and wide.entries(0, torch.tensor([1]))[1].tolist() == [70_000]

@@ -49,7 +49,7 @@ def fingerprint(store: FwPKMStore) -> dict:
         chunk_df.append(sv.view.chunk_df.clone())
         seg = sv.index
         counters.append((sv.id, sv.sealed, seg.next_chunk, seg.next_seq, seg.tokens_ingested, seg.at_boundary,
-                         seg.cache.position, seg.docs.n_chunks()))
+                         seg.position, seg.docs.n_chunks()))
     counters.append((idx.next_segment, tuple(idx.view.catalog.items()),
                      tuple((s.id, s.sealed, s.uid, s.tombstones) for s in idx.segments)))
     docs = [(d.id, d.page_content, d.metadata) for d in store.get_by_ids(idx.doc_ids())]

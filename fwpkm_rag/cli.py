@@ -31,6 +31,11 @@ def _bench(args: argparse.Namespace) -> int:
 
         return run_niah_bench(_load_model(args.model), out_dir=args.out, quick=args.quick, threads=args.threads,
                               passes=args.passes, lengths=args.lengths)
+    if args.suite == "addressing":
+        from fwpkm_rag.benchmarks.addressing import run_addressing_bench
+
+        run_addressing_bench(out_dir=args.out, quick=args.quick, threads=args.threads, model_path=args.model)
+        return 0
     if args.suite == "segments":
         from fwpkm_rag.benchmarks.segments import run_segments_bench
 
@@ -263,12 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-baseline", action="store_true", help="skip the MiniLM + FAISS comparison")
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="benchmarks (numbers go to a results folder)")
-    bench.add_argument("suite", choices=["memory", "ops", "niah", "retrieval", "answers", "capacity", "paraphrase", "cost", "load", "segments"],
+    bench.add_argument("suite", choices=["memory", "ops", "niah", "retrieval", "answers", "capacity", "paraphrase", "cost", "load", "segments", "addressing"],
                        help="memory: capacity curve and per-token cost; ops: FwPKM kernels vs the naive torch path; "
                             "niah: needle-in-a-haystack answers generated from memory; retrieval: FwPKM vs vector-database RAG "
                             "and BM25 (needles, answers, capacity, paraphrase, cost; the last four also run alone); load: 8 reader threads x 1,000 "
                             "queries against one writer ingesting 1M tokens (errors, latency p50/p95/p99, writer tokens/s); segments: the "
-                            "one-memory curve that sizes a segment, the merge strategies, the segmented store (issue 14)")
+                            "one-memory curve that sizes a segment, the merge strategies, the segmented store (issue 14); addressing: "
+                            "questions that reuse an entry's words in another order, the word layer, needles (issue 17)")
     bench.add_argument("--out", default="results", help="results folder (default ./results)")
     bench.add_argument("--quick", action="store_true", help="small sweep, finishes in seconds")
     bench.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")

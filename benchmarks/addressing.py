@@ -1,0 +1,358 @@
+"""`fwpkm-rag bench addressing`: words and meaning (issue 17) — does a question find its entry when it reuses
+the entry's words in another order, and do the exact-key needles stay as good as today?
+
+Systems (docs/addressing.md):
+
+* ``fwpkm``     — the default store (the shipped model's context-keyed FwPKM layers: the lexical store);
+* ``word``      — the word layer alone (pipelines/word_layer.py: product-key addressing of a word alone);
+* ``combined``  — fwpkm + word in ONE ranking: each source's scores divided by their per-question maximum,
+  weighted and summed; the weight is chosen on the task's **dev** split (never its test split, never the
+  needles) and reported with the grid searched;
+* ``bm25``, ``minilm-faiss-flat`` and ``ensemble-bm25-minilm`` (LangChain's EnsembleRetriever over both,
+  "the usual hybrid"): the baselines;
+* ``semantic``, ``combined+semantic`` — when part B's ``fwpkm_rag.benchmarks.semantic.make_addressing_layer``
+  exists (otherwise skipped, with the reason recorded).
+
+Tasks: ``fwpkm_rag.data.entries`` (short natural-text entries asked verbatim / shuffled / reordered;
+recall@1 and @5 on the test split), and the retrieval suite's needles (bench templates, 16 distractors that
+share the key's template, 32K-128K tokens; hit@1 and @5 of the question in the fact's words, and of its
+paraphrase). Cost: ingest tokens/s (the model tokenizer's tokens of the chunks over ingest seconds) and index
+bytes (documents excluded) of every system on the entries collection.
+
+Outputs in ``out_dir``: addressing.json (every number + metadata) and addressing.md (the tables).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+from fwpkm_rag.benchmarks.common import checkpoint_fingerprint, commit, machine, mean, quantile, rank_of, write_final
+from fwpkm_rag.benchmarks.systems import FWPKM, FwPKMSystem, load_model_described
+
+FULL = dict(n_entries=1000, needle_lengths=(32768, 65536, 131072), needle_depths=(0.1, 0.5, 0.9), needle_reps=1)
+QUICK = dict(n_entries=200, needle_lengths=(32768,), needle_depths=(0.5,), needle_reps=1)
+DISTRACTORS = 16
+CANDIDATES = 50  # the lexical store's candidate depth for the fusion (chunks below it count 0 for it)
+WORD_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, 16.0)  # the word layer's weight, the store's = 1
+SEMANTIC_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+BASELINE_NAMES = ("bm25", "minilm-faiss-flat", "ensemble-bm25-minilm")
+TASKS = ("verbatim", "shuffled", "reordered")
+NEEDLE_CHUNK = 256
+
+
+# ---- one ranking out of several sources ------------------------------------------------------------------
+def fuse(sources: Sequence[dict], weights: Sequence[float]) -> dict:
+    """{chunk: sum_s w_s * S_s(chunk) / max S_s}: each source's scores scaled so its best chunk scores 1."""
+    out: dict = {}
+    for scores, w in zip(sources, weights):
+        if not scores or w == 0:
+            continue
+        top = max(scores.values())
+        if top <= 0:
+            continue
+        for c, s in scores.items():
+            out[c] = out.get(c, 0.0) + w * s / top
+    return out
+
+
+def ranked(scores: dict, k: int) -> list:
+    """The k best chunks of a score dict (ties by chunk id: deterministic)."""
+    return sorted(scores, key=lambda c: (-scores[c], c))[:k]
+
+
+# ---- sources: everything that gives per-chunk scores for a question ----------------------------------------
+@dataclass
+class Source:
+    name: str
+    system: object  # add(texts, ids) + scores(q) (a layer), or add(chunks) + search(q, k) (a store/baseline)
+    ingest_s: float = 0.0
+
+    def scores(self, question: str) -> tuple[dict, list]:
+        """(scores {chunk: score > 0} for the fusion, this system's own top-5 list)."""
+        if hasattr(self.system, "scores"):
+            sc = self.system.scores(question)
+            return sc, ranked(sc, 5)
+        hits = self.system.search(question, CANDIDATES if self.name == FWPKM else 5)
+        return {c: s for c, s in hits if s > 0}, [c for c, _ in hits[:5]]
+
+    def nbytes(self):
+        nb = getattr(self.system, "nbytes", None)
+        return int(nb()) if nb is not None else None
+
+    def close(self) -> None:
+        close = getattr(self.system, "close", None)
+        if close is not None:
+            close()
+
+
+def semantic_factory() -> tuple[Optional[Callable], Optional[str]]:
+    """Part B's layer factory, or (None, why not)."""
+    try:
+        from fwpkm_rag.benchmarks import semantic  # part B's module (docs/addressing.md)
+    except ImportError as exc:
+        return None, f"fwpkm_rag.benchmarks.semantic not importable: {exc}"
+    make = getattr(semantic, "make_addressing_layer", None)
+    if make is None:
+        return None, "fwpkm_rag.benchmarks.semantic has no make_addressing_layer()"
+    try:  # one trial build: missing weights (not trained yet) skip the systems instead of failing the run
+        make()
+    except Exception as exc:  # noqa: BLE001 - any failure of part B's layer is a reason to skip it, recorded
+        return None, f"make_addressing_layer() failed: {type(exc).__name__}: {exc}"
+    return make, None
+
+
+def build_sources(chunks: list[str], model, chunk_size: int, baselines: Sequence[str], semantic_make, log,
+                  encoder=None) -> dict[str, Source]:
+    """Every source over the same chunks, ingest timed (dense ingest = MiniLM encoding + the index's add)."""
+    from fwpkm_rag.benchmarks.baselines import make_baseline
+    from fwpkm_rag.pipelines.word_layer import WordLayer
+
+    out: dict[str, Source] = {}
+    ids = list(range(len(chunks)))
+    makers: list[tuple[str, Callable]] = [(FWPKM, lambda: FwPKMSystem(model, chunk_size=chunk_size)), ("word", WordLayer)]
+    if semantic_make is not None:
+        makers.append(("semantic", semantic_make))
+    emb, enc_s = None, 0.0
+    if any(b != "bm25" for b in baselines):
+        t0 = time.perf_counter()
+        emb = encoder.encode(chunks)
+        enc_s = time.perf_counter() - t0
+    for name, make in makers:
+        system = make()
+        t0 = time.perf_counter()
+        if hasattr(system, "scores"):
+            system.add(chunks, ids)
+        else:
+            system.add(chunks)
+        out[name] = Source(name, system, time.perf_counter() - t0)
+    for name in baselines:
+        system = make_baseline(name, encoder=encoder) if name != "bm25" else make_baseline(name)
+        t0 = time.perf_counter()
+        if name == "bm25":
+            system.add(chunks)
+            secs = time.perf_counter() - t0
+        else:
+            system.add(chunks, embeddings=emb)
+            secs = time.perf_counter() - t0 + enc_s
+        out[name] = Source(name, system, secs)
+    log("built " + ", ".join(f"{n} {s.ingest_s:.1f} s" for n, s in out.items()))
+    return out
+
+
+def ask_all(sources: dict[str, Source], questions: Sequence[str]) -> dict[str, list]:
+    """Per source, per question: (scores dict, own top-5, seconds)."""
+    out: dict[str, list] = {n: [] for n in sources}
+    for q in questions:
+        for n, s in sources.items():
+            t0 = time.perf_counter()
+            sc, top = s.scores(q)
+            out[n].append((sc, top, time.perf_counter() - t0))
+    return out
+
+
+def fused_systems(answers: dict[str, list], weights: dict[str, tuple]) -> dict[str, list]:
+    """The combined systems' top-5 per question, from the sources' cached answers."""
+    out = {}
+    for name, (names, w) in weights.items():
+        if all(n in answers for n in names):
+            per_q = zip(*(answers[n] for n in names))
+            out[name] = [ranked(fuse([a[0] for a in qa], w), 5) for qa in per_q]
+    return out
+
+
+# ---- the entries task ------------------------------------------------------------------------------------
+def recall(tops: list, gold: list) -> dict:
+    r1 = [bool(t) and t[0] == g for t, g in zip(tops, gold)]
+    r5 = [g in t[:5] for t, g in zip(tops, gold)]
+    return dict(r1=100.0 * sum(r1) / len(gold), r5=100.0 * sum(r5) / len(gold), n=len(gold))
+
+
+def choose_weights(answers: dict, gold: list, names: Sequence[str], grid: list[tuple]) -> tuple[tuple, list]:
+    """The grid point with the best mean recall@1 over the dev questions (then recall@5, then the first)."""
+    tried = []
+    for w in grid:
+        tops = fused_systems(answers, {"c": (names, w)})["c"]
+        r = recall(tops, gold)
+        tried.append(dict(weights=list(w), r1=r["r1"], r5=r["r5"]))
+    best = max(range(len(tried)), key=lambda i: (tried[i]["r1"], tried[i]["r5"], -i))
+    return tuple(tried[best]["weights"]), tried
+
+
+def run_entries(model, cfg: dict, baselines, semantic_make, log, encoder) -> dict:
+    from fwpkm_rag.data.entries import make_entries
+    from fwpkm_rag.tokenizer import get_tokenizer
+
+    entries = make_entries(cfg["n_entries"])
+    chunks = [e.text for e in entries]
+    tok = get_tokenizer()
+    n_tokens = sum(len(tok.encode(c)) for c in chunks)
+    log(f"entries: {len(entries)} ({n_tokens:,} tokens), dev {sum(e.split == 'dev' for e in entries)}")
+    sources = build_sources(chunks, model, 128, baselines, semantic_make, log, encoder)
+    res: dict = dict(n_entries=len(entries), tokens=n_tokens, cost={}, dev={}, test={}, weights={})
+    for split in ("dev", "test"):
+        qs = [(e, t) for e in entries if e.split == split for t in TASKS]
+        answers = ask_all(sources, [e.question(t) for e, t in qs])
+        res[f"_{split}_answers"] = (answers, [e.index for e, _ in qs], [t for _, t in qs])
+        log(f"entries: {split} asked ({len(qs)} questions)")
+    # weights on dev only
+    answers, gold, _ = res.pop("_dev_answers")
+    grid_w = [(1.0, w) for w in WORD_WEIGHTS] + [(0.0, 1.0)]
+    res["weights"]["combined"], res["dev"]["grid_combined"] = choose_weights(answers, gold, (FWPKM, "word"), grid_w)
+    combos = {"combined": ((FWPKM, "word"), res["weights"]["combined"])}
+    if "semantic" in sources:
+        grid_s = [(1.0, ww, ws) for ww in WORD_WEIGHTS for ws in SEMANTIC_WEIGHTS]
+        res["weights"]["combined+semantic"], res["dev"]["grid_combined+semantic"] = choose_weights(
+            answers, gold, (FWPKM, "word", "semantic"), grid_s)
+        combos["combined+semantic"] = ((FWPKM, "word", "semantic"), res["weights"]["combined+semantic"])
+    log(f"entries: weights chosen on dev: {res['weights']}")
+    # report on test
+    answers, gold, tasks = res.pop("_test_answers")
+    tops = {n: [a[1] for a in answers[n]] for n in answers}
+    tops.update(fused_systems(answers, combos))
+    for name, t in tops.items():
+        res["test"][name] = {task: recall([x for x, tt in zip(t, tasks) if tt == task],
+                                          [g for g, tt in zip(gold, tasks) if tt == task]) for task in TASKS}
+    for name, s in sources.items():
+        secs = [a[2] for a in answers[name]]
+        res["cost"][name] = dict(ingest_s=s.ingest_s, tokens_per_s=n_tokens / max(s.ingest_s, 1e-9),
+                                 bytes=s.nbytes(), query_ms_p50=1000 * quantile(secs, 0.5))
+    for name, (names, _) in combos.items():
+        parts = [res["cost"][n] for n in names]
+        ingest = sum(p["ingest_s"] for p in parts)
+        res["cost"][name] = dict(ingest_s=ingest, tokens_per_s=n_tokens / ingest,
+                                 bytes=sum(p["bytes"] or 0 for p in parts),
+                                 query_ms_p50=sum(p["query_ms_p50"] for p in parts))
+    for s in sources.values():
+        s.close()
+    return res
+
+
+# ---- needles ---------------------------------------------------------------------------------------------
+def needle_seed(length: int, depth: float, rep: int) -> int:
+    """The item seed of the retrieval suite's needle grid (benchmarks/suite.py) at DISTRACTORS distractors, so
+    both benchmarks ask the same items."""
+    return 7_000_003 + 10_007 * (length % 999_983) + 101 * int(round(100 * depth)) + 13 * DISTRACTORS + rep
+
+
+def run_needles(model, cfg: dict, weights: dict, baselines, semantic_make, log, encoder) -> list[dict]:
+    from fwpkm_rag.data.needles import chunk_item, make_item
+
+    rows = []
+    grid = [(L, d, r) for L in cfg["needle_lengths"] for d in cfg["needle_depths"] for r in range(cfg["needle_reps"])]
+    combos = {"combined": ((FWPKM, "word"), weights["combined"])}
+    if "combined+semantic" in weights:
+        combos["combined+semantic"] = ((FWPKM, "word", "semantic"), weights["combined+semantic"])
+    for n, (L, d, r) in enumerate(grid, 1):
+        item = make_item(L, d, DISTRACTORS, split="bench", seed=needle_seed(L, d, r), chunk_size=NEEDLE_CHUNK)
+        ch = chunk_item(item)
+        gold = set(ch.gold_chunks)
+        sources = build_sources(ch.chunks, model, NEEDLE_CHUNK, baselines, semantic_make, log, encoder)
+        for task, q in (("exact", item.question), ("paraphrase", item.paraphrase)):
+            answers = ask_all(sources, [q])
+            tops = {name: [a[1] for a in answers[name]] for name in answers}
+            tops.update(fused_systems(answers, combos))
+            for name, t in tops.items():
+                rank = rank_of(t[0], gold)
+                rows.append(dict(length_req=L, length=item.length, depth=d, rep=r, template=item.template,
+                                 n_chunks=len(ch.chunks), system=name, task=task, rank=rank, hit1=rank == 1,
+                                 hit5=rank is not None and rank <= 5))
+        for s in sources.values():
+            s.close()
+        log(f"needles {n}/{len(grid)}: {L} tokens, depth {d}: exact hit@1 "
+            + ", ".join(f"{x['system']}={'y' if x['hit1'] else 'n'}" for x in rows if x['task'] == 'exact'
+                        and x['length_req'] == L and x['depth'] == d and x['rep'] == r))
+    return rows
+
+
+# ---- the run ---------------------------------------------------------------------------------------------
+def run_addressing_bench(out_dir: str = "results/addressing", quick: bool = False, threads: int = 1,
+                         model_path: Optional[str] = None, overrides: Optional[dict] = None, model=None,
+                         baselines: Sequence[str] = BASELINE_NAMES, semantic: bool = True) -> dict:
+    """Run the entries task and the needles; write addressing.json / addressing.md to out_dir; return the
+    results. ``model``: a MemoryLM to use instead of loading one (tests); ``baselines``: a subset of
+    BASELINE_NAMES (the ones whose libraries are missing are skipped and named in the results); ``semantic``:
+    False leaves part B's layer out."""
+    import torch
+
+    from fwpkm_rag.benchmarks.baselines import MiniLMEncoder, available_baselines
+
+    wall0 = time.perf_counter()
+    torch.set_num_threads(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cfg = dict(QUICK if quick else FULL)
+    cfg.update(overrides or {})
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - wall0:7.1f} s] {msg}", flush=True)
+
+    if model is None:
+        model, model_desc, _ = load_model_described(model_path)
+        model_desc += checkpoint_fingerprint(model_path)
+    else:
+        model_desc = "model passed in"
+    avail = set(available_baselines())
+    skipped = {b: "library not installed" for b in baselines if b not in avail}
+    baselines = [b for b in baselines if b in avail]
+    encoder = MiniLMEncoder.shared() if any(b != "bm25" for b in baselines) else None
+    semantic_make, why = semantic_factory() if semantic else (None, "left out (semantic=False)")
+    if why:
+        skipped["semantic"] = skipped["combined+semantic"] = why
+    log(f"baselines {baselines}; skipped {skipped}; model {model_desc}")
+    res: dict = dict(meta=dict(machine=machine(threads), commit=commit(), python=sys.version.split()[0],
+                               torch=torch.__version__, quick=quick, model=model_desc, skipped=skipped,
+                               config={k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+                               distractors=DISTRACTORS, candidates=CANDIDATES, needle_chunk=NEEDLE_CHUNK,
+                               command=" ".join(sys.argv)))
+    res["entries"] = run_entries(model, cfg, baselines, semantic_make, log, encoder)
+    res["needles"] = run_needles(model, cfg, res["entries"]["weights"], baselines, semantic_make, log, encoder)
+    res["meta"]["wall_s"] = time.perf_counter() - wall0
+    write_final(out_dir, "addressing", res, report)
+    log(f"wall time {time.perf_counter() - wall0:.0f} s")
+    return res
+
+
+def _systems_of(res: dict) -> list[str]:
+    order = [FWPKM, "word", "combined", "semantic", "combined+semantic", *BASELINE_NAMES]
+    have = set(res["entries"]["test"])
+    return [s for s in order if s in have]
+
+
+def report(res: dict) -> str:
+    """Markdown tables: the entries task (test split), needles, cost."""
+    e = res["entries"]
+    systems = _systems_of(res)
+    lines = [f"Machine: {res['meta']['machine']}; commit {res['meta']['commit']}; model: {res['meta']['model']}; "
+             f"quick={res['meta']['quick']}. Skipped: {res['meta']['skipped'] or 'none'}.", "",
+             f"Entries: {e['n_entries']} ({e['tokens']:,} tokens); recall on the test split "
+             f"({e['test'][FWPKM]['verbatim']['n']} entries, each asked 3 ways); weights chosen on dev: "
+             + "; ".join(f"{k} {v}" for k, v in e["weights"].items()), "",
+             "| system | verbatim r@1 | r@5 | shuffled r@1 | r@5 | reordered r@1 | r@5 |",
+             "|---|---|---|---|---|---|---|"]
+    for s in systems:
+        t = e["test"][s]
+        lines.append(f"| {s} | " + " | ".join(f"{t[k]['r1']:.1f} | {t[k]['r5']:.1f}" for k in TASKS) + " |")
+    rows = res["needles"]
+    lengths = sorted({r["length_req"] for r in rows})
+    lines += ["", f"Needles ({DISTRACTORS} distractors sharing the template; hit@1 / hit@5 %, items per cell: "
+              f"{len([r for r in rows if r['system'] == FWPKM and r['task'] == 'exact' and r['length_req'] == lengths[0]])})", "",
+              "| system | " + " | ".join(f"{L // 1024}K exact" for L in lengths) + " | paraphrase (all) |",
+              "|---|" + "---|" * (len(lengths) + 1)]
+    for s in systems:
+        cells = []
+        for L in lengths:
+            rr = [r for r in rows if r["system"] == s and r["task"] == "exact" and r["length_req"] == L]
+            cells.append(f"{100 * mean([r['hit1'] for r in rr], 0):.0f} / {100 * mean([r['hit5'] for r in rr], 0):.0f}")
+        rr = [r for r in rows if r["system"] == s and r["task"] == "paraphrase"]
+        cells.append(f"{100 * mean([r['hit1'] for r in rr], 0):.0f} / {100 * mean([r['hit5'] for r in rr], 0):.0f}")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", f"Cost on the entries collection ({e['tokens']:,} tokens; contended machine)", "",
+              "| system | ingest tokens/s | index bytes | query p50 ms |", "|---|---|---|---|"]
+    for s in systems:
+        c = e["cost"].get(s)
+        if c:
+            b = f"{c['bytes'] / 1e6:.1f} MB" if c["bytes"] else "n/a"
+            lines.append(f"| {s} | {c['tokens_per_s']:,.0f} | {b} | {c['query_ms_p50']:.1f} |")
+    return "\n".join(lines)

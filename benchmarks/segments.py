@@ -17,7 +17,9 @@ Three parts, every system on the same chunks, quality figures (hit@k) first:
   on the same items. The default strategy is the one with the best mean hit@5 over these tasks
   (:func:`choose_strategy`).
 * ``store``    — the segmented store itself (``FwPKMStore(segment_tokens=...)``) when the tree has one, next to
-  the one-memory store and BM25: needle hit@5, query p50 and index bytes at 128K and 1M tokens.
+  the one-memory store and BM25: needle hit@5/@1, query p50/p95, index bytes (and per corpus token) at 128K and
+  1M tokens (``--lengths``), the reference path's latency, and the fast ranking's latency over the store's
+  sealed segments repeated up to 160 segments (~10M tokens of 64K segments; latency only).
 
 Outputs in ``out_dir``: segments.json (every row + metadata) and segments.md (tables, the choices in words).
 Timing figures (ingest, query ms) are as good as the machine was quiet; the hit rates do not depend on it.
@@ -53,6 +55,9 @@ FULL = dict(
     paraphrase_segments=4,
     store_lengths=(131072, 1048576),
     store_queries=17,
+    store_reference_queries=3,
+    store_replicas=(16, 64, 160),
+    store_one_memory_max=1048576,
 )
 QUICK = dict(
     lengths=(2048, 4096),
@@ -68,6 +73,9 @@ QUICK = dict(
     paraphrase_segments=2,
     store_lengths=(4096,),
     store_queries=5,
+    store_reference_queries=2,
+    store_replicas=(2, 4),
+    store_one_memory_max=4096,
 )
 CHUNK_SIZE = 256  # the suite's needle chunks
 
@@ -348,8 +356,25 @@ class StoreSystem(FwPKMSystem):
         return int(nb()) if callable(nb) else int(self.store.index.nbytes())
 
 
+def _latency(fn, queries) -> list[float]:
+    out = []
+    for q in queries:
+        t0 = time.perf_counter()
+        fn(q)
+        out.append(1000 * (time.perf_counter() - t0))
+    return out
+
+
 def run_store(sset: SystemSet, model, cfg: dict, segment_tokens: int, k: int, log) -> list[dict]:
+    """The segmented store next to one memory and BM25 at each of ``store_lengths``: needle hit@5/@1 (17
+    questions of one item, 16 distractors), query p50/p95, resident index bytes (and per corpus token), ingest.
+    For the store also: the reference path's p50 (one forward per segment, ``search_reference``, on a few
+    questions) and the bytes of a sealed segment per token; and, latency only, its fast ranking over the sealed
+    segments repeated to ``store_replicas`` segments (a stand-in for longer corpora: every full segment costs
+    the same to rank). One memory is measured up to ``store_one_memory_max`` tokens."""
+    from fwpkm_rag.benchmarks.systems import Built
     from fwpkm_rag.data.needles import chunk_item, make_item
+    from fwpkm_rag.pipelines.retrieval import check_query, rank_views
 
     rows = []
     for L in cfg["store_lengths"]:
@@ -358,25 +383,57 @@ def run_store(sset: SystemSet, model, cfg: dict, segment_tokens: int, k: int, lo
         ch = chunk_item(item)
         queries = needle_queries(item, ch)[: cfg["store_queries"]]
         base = dict(length_req=L, length=item.length, n_chunks=len(ch.chunks))
-        built = sset.build(ch.chunks, only=(FWPKM, "bm25"))
+        only = (FWPKM, "bm25") if L <= cfg.get("store_one_memory_max", L) else ("bm25",)
+        built = sset.build(ch.chunks, only=only)
         t0 = time.perf_counter()
         store = StoreSystem(model, segment_tokens)
         store.add(ch.chunks)
-        from fwpkm_rag.benchmarks.systems import Built
-
-        built[f"store-seg{klabel(segment_tokens)}"] = Built(store, time.perf_counter() - t0, len(ch.chunks))
-        for name, b in built.items():
+        name = f"store-seg{klabel(segment_tokens)}"
+        built[name] = Built(store, time.perf_counter() - t0, len(ch.chunks))
+        for sys_name, b in built.items():
             b.system.search(queries[0][0], k)  # warm-up
             res = [timed_search(b.system, q, k) for q, _, _ in queries]
             lat = [ms for _, ms in res]
-            hits = [rank_of(h, gold) is not None and rank_of(h, gold) <= 5 for (h, _), (_, gold, _) in zip(res, queries)]
-            rows.append(dict(base, system=name, hit5=mean(hits), queries=len(hits), p50_ms=quantile(lat, 0.5),
-                             nbytes=int(b.system.nbytes()), ingest_s=b.ingest_s))
+            ranks = [rank_of(h, gold) for (h, _), (_, gold, _) in zip(res, queries)]
+            nbytes = int(b.system.nbytes())
+            row = dict(base, system=sys_name, hit5=mean(r is not None and r <= 5 for r in ranks),
+                       hit1=mean(r == 1 for r in ranks), queries=len(ranks), p50_ms=quantile(lat, 0.5),
+                       p95_ms=quantile(lat, 0.95), nbytes=nbytes, bytes_per_token=nbytes / item.length,
+                       ingest_s=b.ingest_s, segments=1)
+            if sys_name == name:
+                idx = b.system.store.index
+                sealed = [s for s in idx.segments if s.sealed]
+                row["segments"] = len(idx.segments)
+                if sealed:
+                    row["sealed_bytes_per_token"] = (sum(s.index.nbytes() for s in sealed)
+                                                     / sum(s.index.tokens_ingested for s in sealed))
+                row["reference_p50_ms"] = quantile(_latency(lambda q: idx.search_reference(q, k),
+                                                            [q for q, _, _ in queries[: cfg["store_reference_queries"]]]), 0.5)
+                row["replicas"] = _replicated_latency(idx, [q for q, _, _ in queries], k, cfg["store_replicas"],
+                                                      check_query, rank_views)
+            rows.append(row)
         close_all(built)
         log(f"store {L:,} tokens ({time.perf_counter() - start:.0f} s): " + ", ".join(
             f"{x['system']} hit@5 {100 * x['hit5']:.0f}% p50 {x['p50_ms']:.1f} ms {x['nbytes'] / 2**20:.1f} MiB"
             for x in rows[-len(built):]))
     return rows
+
+
+def _replicated_latency(idx, questions: list, k: int, counts, check_query, rank_views) -> list[dict]:
+    """p50/p95 of the fast ranking (`rank_views`, every segment's top k; no documents read) over this store's
+    sealed segment views repeated to each count in `counts` (latency only: the repeats rank the same chunks)."""
+    sealed = [sv.view for sv in idx.view.segments if sv.sealed]
+    if not sealed:
+        return []
+    out = []
+    for n in counts:
+        views = [sealed[i % len(sealed)] for i in range(n)]
+        ids = [check_query(idx.tok, q, idx.settings.max_query_tokens) for q in questions]
+        rank_views(idx.model, views, ids[0], k)  # warm-up
+        lat = _latency(lambda i: rank_views(idx.model, views, i, k), ids)
+        tokens = n * sum(sv.index.tokens_ingested for sv in idx.view.segments if sv.sealed) / len(sealed)
+        out.append(dict(segments=n, tokens=int(tokens), p50_ms=quantile(lat, 0.5), p95_ms=quantile(lat, 0.95)))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -554,10 +611,21 @@ def store_table(rows: list[dict]) -> str:
     if not rows:
         return ""
     out = ["\n#### The segmented store (FwPKMStore(segment_tokens=...)) vs one memory vs BM25\n",
-           "| system | tokens | needle hit@5 | query p50 ms | index MiB | ingest s |", "|---|---:|---:|---:|---:|---:|"]
+           "| system | tokens | segments | needle hit@5 (hit@1) | query p50 / p95 ms | index MiB | bytes / token | ingest s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['system']} | {r['length']:,} | {100 * r['hit5']:.0f}% ({r['queries']}) | {r['p50_ms']:.1f} | "
-                   f"{r['nbytes'] / 2**20:.1f} | {r['ingest_s']:.0f} |")
+        out.append(f"| {r['system']} | {r['length']:,} | {r.get('segments', 1)} | {100 * r['hit5']:.0f}% "
+                   f"({100 * r.get('hit1', 0):.0f}%) of {r['queries']} | {r['p50_ms']:.1f} / {r.get('p95_ms', 0):.1f} | "
+                   f"{r['nbytes'] / 2**20:.1f} | {r.get('bytes_per_token', 0):.1f} | {r['ingest_s']:.0f} |")
+    for r in rows:
+        if "reference_p50_ms" in r:
+            out.append(f"\n{r['system']} at {r['length']:,} tokens: the reference path (one forward per segment, "
+                       f"`search_reference`) p50 {r['reference_p50_ms']:.0f} ms; a sealed segment holds "
+                       f"{r.get('sealed_bytes_per_token', float('nan')):.1f} bytes per token in RAM.")
+            if r.get("replicas"):
+                out.append("Fast ranking over its sealed segments repeated (latency only): " + "; ".join(
+                    f"{x['segments']} segments (~{x['tokens'] / 1e6:.1f}M tokens) p50 {x['p50_ms']:.0f} ms, "
+                    f"p95 {x['p95_ms']:.0f} ms" for x in r["replicas"]) + ".")
     return "\n".join(out)
 
 
@@ -605,7 +673,7 @@ def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, t
         raise ValueError(f"unknown part(s) {bad}; choose from {PARTS}")
     cfg = dict(QUICK if quick else FULL)
     if lengths:
-        cfg["lengths"] = tuple(lengths)
+        cfg["lengths"] = cfg["store_lengths"] = tuple(lengths)
     cfg.update(overrides or {})
 
     def log(msg: str) -> None:

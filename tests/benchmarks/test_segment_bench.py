@@ -23,7 +23,8 @@ TINY = dict(lengths=(1024, 2048), items_per_length={1024: 1, 2048: 1}, distracto
 
 @needs_bm25
 def test_quick_run_writes_every_part(tmp_path, small_model):
-    res = S.run_segments_bench(out_dir=str(tmp_path), quick=True, threads=1, model=small_model, overrides=TINY)
+    res = S.run_segments_bench(out_dir=str(tmp_path), quick=True, threads=1, model=small_model, overrides=TINY,
+                               segment_tokens=512)
     assert (tmp_path / "segments.md").is_file() and not (tmp_path / "segments.partial.json").exists()
     saved = json.loads((tmp_path / "segments.json").read_text())
     assert saved["meta"]["commit"] and saved["meta"]["machine"]
@@ -50,6 +51,10 @@ def test_quick_run_writes_every_part(tmp_path, small_model):
         store = [r for r in res["store"] if r["system"].startswith("store-seg")]
         assert len(store) == 1 and {r["system"] for r in res["store"]} >= {"fwpkm", "bm25"}
         assert store[0]["nbytes"] > 0 and store[0]["queries"] == TINY["store_queries"]
+        assert store[0]["segments"] >= 3 and 0 < store[0]["sealed_bytes_per_token"] < store[0]["bytes_per_token"]
+        assert store[0]["reference_p50_ms"] > 0 and store[0]["hit1"] <= store[0]["hit5"]
+        assert [x["segments"] for x in store[0]["replicas"]] == list(S.QUICK["store_replicas"])
+        assert "repeated (latency only)" in (tmp_path / "segments.md").read_text()
 
 
 def test_segments_cut_by_tokens_and_one_segment_ranks_like_one_store(small_model):

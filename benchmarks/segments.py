@@ -57,7 +57,7 @@ FULL = dict(
     store_queries=17,
     store_reference_queries=3,
     store_replicas=(16, 64, 160),
-    store_one_memory_max=1048576,
+    store_one_memory_max=131072,  # one memory at 1M: 12% needle hit@5 (docs/benchmarks.md); not re-measured
 )
 QUICK = dict(
     lengths=(2048, 4096),

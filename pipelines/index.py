@@ -74,7 +74,8 @@ class IndexView:
     next_chunk: int  # chunk ids handed out so far (the N of the question-token idf)
     docs: DocStore
     version: int
-    keys: tuple = ()  # (1, 2Hn, k_dim/2) sub-keys per FwPKM layer: all the fast path reads of the memories
+    keys: tuple = ()  # (1, 2Hn, k_dim/2) sub-keys per FwPKM layer (sealed: the scored layers' only): all the
+    # fast path reads of the memories
 
 
 class SpilledMemory:
@@ -265,7 +266,8 @@ class MemoryIndex:
                 return
             if self._writing:
                 raise RuntimeError("seal() inside an open write transaction")
-            spill = SpilledMemory(self.model, self.cache, tuple(m.keys for m in self.cache.memory))
+            keys = tuple(m.keys for m in self.cache.memory[:scored_layers])  # the scored layers' sub-keys only
+            spill = SpilledMemory(self.model, self.cache, keys)
             self._write_tables()
             self.docs.commit()
             compact = CompactProvenance.from_table(self.provenance, scored_layers)

@@ -32,8 +32,9 @@ from typing import Callable, Optional, Sequence
 from fwpkm_rag.benchmarks.common import checkpoint_fingerprint, commit, machine, mean, quantile, rank_of, write_final
 from fwpkm_rag.benchmarks.systems import FWPKM, FwPKMSystem, load_model_described
 
-FULL = dict(n_entries=1000, needle_lengths=(32768, 65536, 131072), needle_depths=(0.1, 0.5, 0.9), needle_reps=1)
-QUICK = dict(n_entries=200, needle_lengths=(32768,), needle_depths=(0.5,), needle_reps=1)
+FULL = dict(n_entries=1000, needle_lengths=(32768, 65536, 131072), needle_depths=(0.1, 0.5, 0.9), needle_reps=1,
+            scale_entries=(500, 1000, 2400))
+QUICK = dict(n_entries=200, needle_lengths=(32768,), needle_depths=(0.5,), needle_reps=1, scale_entries=())
 DISTRACTORS = 16
 CANDIDATES = 50  # the lexical store's candidate depth for the fusion (chunks below it count 0 for it)
 WORD_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, 16.0)  # the word layer's weight, the store's = 1
@@ -230,6 +231,43 @@ def run_entries(model, cfg: dict, baselines, semantic_make, log, encoder) -> dic
     return res
 
 
+# ---- the curve: more entries in one memory ------------------------------------------------------------------
+def run_scale(model, cfg: dict, weights: dict, log) -> list[dict]:
+    """Recall on the test entries of collections of growing size (every entry of the bench split at most):
+    the lexical store, the word layer, their fusion with the weights chosen on the main run's dev split, BM25.
+    One memory each (no segments): where a bounded memory starts to lose postings."""
+    from fwpkm_rag.data.entries import make_entries
+    from fwpkm_rag.tokenizer import get_tokenizer
+
+    rows = []
+    tok = get_tokenizer()
+    bm25 = ["bm25"] if "bm25" in _available() else []
+    for n in cfg["scale_entries"]:
+        entries = make_entries(n)
+        chunks = [e.text for e in entries]
+        n_tokens = sum(len(tok.encode(c)) for c in chunks)
+        sources = build_sources(chunks, model, 128, bm25, None, log, None)
+        test = [(e, t) for e in entries if e.split == "test" for t in TASKS]
+        answers = ask_all(sources, [e.question(t) for e, t in test])
+        tops = {name: [a[1] for a in answers[name]] for name in answers}
+        tops.update(fused_systems(answers, {"combined": ((FWPKM, "word"), weights["combined"])}))
+        for name, t in tops.items():
+            for task in TASKS:
+                r = recall([x for x, (_, tt) in zip(t, test) if tt == task], [e.index for e, tt in test if tt == task])
+                rows.append(dict(n_entries=n, tokens=n_tokens, system=name, task=task, **r))
+        for s_ in sources.values():
+            s_.close()
+        log(f"scale: {n} entries ({n_tokens:,} tokens): shuffled r@1 "
+            + ", ".join(f"{r['system']} {r['r1']:.1f}" for r in rows if r["n_entries"] == n and r["task"] == "shuffled"))
+    return rows
+
+
+def _available() -> set:
+    from fwpkm_rag.benchmarks.baselines import available_baselines
+
+    return set(available_baselines())
+
+
 # ---- needles ---------------------------------------------------------------------------------------------
 def needle_seed(length: int, depth: float, rep: int) -> int:
     """The item seed of the retrieval suite's needle grid (benchmarks/suite.py) at DISTRACTORS distractors, so
@@ -308,6 +346,7 @@ def run_addressing_bench(out_dir: str = "results/addressing", quick: bool = Fals
                                command=" ".join(sys.argv)))
     res["entries"] = run_entries(model, cfg, baselines, semantic_make, log, encoder)
     res["needles"] = run_needles(model, cfg, res["entries"]["weights"], baselines, semantic_make, log, encoder)
+    res["scale"] = run_scale(model, cfg, res["entries"]["weights"], log)
     res["meta"]["wall_s"] = time.perf_counter() - wall0
     write_final(out_dir, "addressing", res, report)
     log(f"wall time {time.perf_counter() - wall0:.0f} s")
@@ -348,6 +387,18 @@ def report(res: dict) -> str:
         rr = [r for r in rows if r["system"] == s and r["task"] == "paraphrase"]
         cells.append(f"{100 * mean([r['hit1'] for r in rr], 0):.0f} / {100 * mean([r['hit5'] for r in rr], 0):.0f}")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    if res.get("scale"):
+        sizes = sorted({(r["n_entries"], r["tokens"]) for r in res["scale"]})
+        lines += ["", "More entries in one memory (test split; recall@1 / recall@5 %, shuffled | reordered)", "",
+                  "| system | " + " | ".join(f"{n} entries ({t // 1000}K tokens)" for n, t in sizes) + " |",
+                  "|---|" + "---|" * len(sizes)]
+        for s_ in [x for x in (FWPKM, "word", "combined", "bm25") if any(r["system"] == x for r in res["scale"])]:
+            cells = []
+            for n, _ in sizes:
+                by = {r["task"]: r for r in res["scale"] if r["system"] == s_ and r["n_entries"] == n}
+                cells.append(f"{by['shuffled']['r1']:.1f} / {by['shuffled']['r5']:.1f} | "
+                             f"{by['reordered']['r1']:.1f} / {by['reordered']['r5']:.1f}".replace(" | ", " ; "))
+            lines.append(f"| {s_} | " + " | ".join(cells) + " |")
     lines += ["", f"Cost on the entries collection ({e['tokens']:,} tokens; contended machine)", "",
               "| system | ingest tokens/s | index bytes | query p50 ms |", "|---|---|---|---|"]
     for s in systems:

@@ -43,7 +43,7 @@ def test_weights_come_from_the_answers_they_are_given():
 
 @needs_bm25
 def test_tiny_run_writes_its_files(tmp_path, small_model):
-    tiny = dict(n_entries=24, needle_lengths=(2048,), needle_depths=(0.5,), needle_reps=1)
+    tiny = dict(n_entries=24, needle_lengths=(2048,), needle_depths=(0.5,), needle_reps=1, scale_entries=(12, 24))
     res = A.run_addressing_bench(out_dir=str(tmp_path), quick=True, model=small_model, overrides=tiny,
                                  baselines=("bm25",), semantic=False)
     saved = json.loads((tmp_path / "addressing.json").read_text())
@@ -60,3 +60,6 @@ def test_tiny_run_writes_its_files(tmp_path, small_model):
     assert systems == {"fwpkm", "word", "combined", "bm25"}
     assert all(r["task"] in ("exact", "paraphrase") for r in res["needles"])
     assert {"fwpkm", "word", "bm25", "combined"} <= set(e["cost"])
+    scale = res["scale"]
+    assert {(r["n_entries"], r["system"]) for r in scale} == {(n, s) for n in (12, 24) for s in systems}
+    assert "More entries in one memory" in (tmp_path / "addressing.md").read_text()

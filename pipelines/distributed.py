@@ -254,6 +254,7 @@ class DistributedIndex:
         self.model = model
         self.lock = threading.RLock()  # one write (or save) at a time, like SegmentedIndex
         self._owns_ray = False
+        self._connected = False  # this store connected the process to a cluster by address: close() disconnects
         if not ray.is_initialized():
             if address is None:
                 ray.init(num_cpus=max(1, math.ceil(self.num_workers * cpus_per_worker)), include_dashboard=False,
@@ -262,6 +263,7 @@ class DistributedIndex:
                 _STARTED_RAY["count"] += 1
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
+                self._connected = True
         self._model_ref = None if model is None else ray.put(model)
         self._docs: dict = {}  # doc id -> (worker slot, text, metadata): every acknowledged document, in order
         self._load = [0] * self.num_workers  # characters of live documents per worker
@@ -596,6 +598,8 @@ class DistributedIndex:
             _STARTED_RAY["count"] -= 1
             if _STARTED_RAY["count"] == 0:
                 ray.shutdown()
+        elif self._connected:  # leaves the cluster running; only this process's connection ends
+            ray.shutdown()
 
 
 class _Bars:

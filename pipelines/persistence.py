@@ -42,6 +42,7 @@ from fwpkm_rag.errors import ModelMismatchError, StateFormatError
 from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines.docstore import DocStore
 from fwpkm_rag.pipelines.index import MemoryIndex
+from fwpkm_rag.pipelines.retrieval import SCORED_LAYERS
 from fwpkm_rag.pipelines.segments import Segment, SegmentedIndex
 from fwpkm_rag.pipelines.settings import StoreSettings
 
@@ -384,6 +385,11 @@ def load_segments(directory: str, entries: list, model, settings: StoreSettings,
                 index.delete(entry["tombstones"])
             uid = entry["folder"].split("-")[2]
             segments[-1] = Segment(entry["id"], index, bool(entry["sealed"]), uid, tuple(entry["tombstones"]))
+            if entry["sealed"]:  # compacted as it loads, so a large store never holds every segment whole
+                try:
+                    index.seal(SCORED_LAYERS)
+                except OSError:  # no room for the spill: stays whole; SegmentedIndex retries and warns
+                    pass
     except BaseException:
         for segment in segments:
             segment.index.docs.close()

@@ -276,6 +276,10 @@ def needle_seed(length: int, depth: float, rep: int) -> int:
 
 
 def run_needles(model, cfg: dict, weights: dict, baselines, semantic_make, log, encoder) -> list[dict]:
+    """Every needle of each item asked (the gold one and each distractor: its 16 look-alikes are the item's
+    other needles), as in `bench segments`; plus the gold needle's paraphrase. Rows say whether the needle lies
+    inside one chunk (the tables count those: a needle cut by a chunk boundary has no single right chunk)."""
+    from fwpkm_rag.benchmarks.segments import needle_queries
     from fwpkm_rag.data.needles import chunk_item, make_item
 
     rows = []
@@ -286,22 +290,26 @@ def run_needles(model, cfg: dict, weights: dict, baselines, semantic_make, log, 
     for n, (L, d, r) in enumerate(grid, 1):
         item = make_item(L, d, DISTRACTORS, split="bench", seed=needle_seed(L, d, r), chunk_size=NEEDLE_CHUNK)
         ch = chunk_item(item)
-        gold = set(ch.gold_chunks)
         sources = build_sources(ch.chunks, model, NEEDLE_CHUNK, baselines, semantic_make, log, encoder)
-        for task, q in (("exact", item.question), ("paraphrase", item.paraphrase)):
-            answers = ask_all(sources, [q])
-            tops = {name: [a[1] for a in answers[name]] for name in answers}
-            tops.update(fused_systems(answers, combos))
-            for name, t in tops.items():
-                rank = rank_of(t[0], gold)
+        queries = [(q, gold, "exact", is_gold) for q, gold, is_gold in needle_queries(item, ch)]
+        queries.append((item.paraphrase, set(ch.gold_chunks), "paraphrase", True))
+        answers = ask_all(sources, [q for q, *_ in queries])
+        tops = {name: [a[1] for a in answers[name]] for name in answers}
+        tops.update(fused_systems(answers, combos))
+        for name, t in tops.items():
+            for top, (_, gold, task, is_gold) in zip(t, queries):
+                rank = rank_of(top, gold)
                 rows.append(dict(length_req=L, length=item.length, depth=d, rep=r, template=item.template,
-                                 n_chunks=len(ch.chunks), system=name, task=task, rank=rank, hit1=rank == 1,
+                                 n_chunks=len(ch.chunks), system=name, task=task, gold_needle=is_gold,
+                                 one_chunk=len(gold) == 1, rank=rank, hit1=rank == 1,
                                  hit5=rank is not None and rank <= 5))
         for s in sources.values():
             s.close()
+        mine = [x for x in rows if x["length_req"] == L and x["depth"] == d and x["rep"] == r
+                and x["task"] == "exact" and x["one_chunk"]]
         log(f"needles {n}/{len(grid)}: {L} tokens, depth {d}: exact hit@1 "
-            + ", ".join(f"{x['system']}={'y' if x['hit1'] else 'n'}" for x in rows if x['task'] == 'exact'
-                        and x['length_req'] == L and x['depth'] == d and x['rep'] == r))
+            + ", ".join(f"{s_} {sum(x['hit1'] for x in mine if x['system'] == s_)}/"
+                        f"{sum(x['system'] == s_ for x in mine)}" for s_ in tops))
     return rows
 
 
@@ -373,19 +381,24 @@ def report(res: dict) -> str:
     for s in systems:
         t = e["test"][s]
         lines.append(f"| {s} | " + " | ".join(f"{t[k]['r1']:.1f} | {t[k]['r5']:.1f}" for k in TASKS) + " |")
-    rows = res["needles"]
+    rows = [r for r in res["needles"] if r["one_chunk"]]
     lengths = sorted({r["length_req"] for r in rows})
-    lines += ["", f"Needles ({DISTRACTORS} distractors sharing the template; hit@1 / hit@5 %, items per cell: "
-              f"{len([r for r in rows if r['system'] == FWPKM and r['task'] == 'exact' and r['length_req'] == lengths[0]])})", "",
-              "| system | " + " | ".join(f"{L // 1024}K exact" for L in lengths) + " | paraphrase (all) |",
-              "|---|" + "---|" * (len(lengths) + 1)]
+    n_q = {L: len([r for r in rows if r["system"] == FWPKM and r["task"] == "exact" and r["length_req"] == L])
+           for L in lengths}
+    lines += ["", f"Needles ({DISTRACTORS} distractors sharing the template; every needle inside one chunk asked; "
+              "hit@1 / hit@5 %; questions per length: " + ", ".join(f"{L // 1024}K {n_q[L]}" for L in lengths)
+              + "; paraphrase: the gold needle's)", "",
+              "| system | " + " | ".join(f"{L // 1024}K exact" for L in lengths) + " | all exact | paraphrase |",
+              "|---|" + "---|" * (len(lengths) + 2)]
+
+    def cell(rr):
+        return f"{100 * mean([r['hit1'] for r in rr], 0):.1f} / {100 * mean([r['hit5'] for r in rr], 0):.1f}"
+
     for s in systems:
-        cells = []
-        for L in lengths:
-            rr = [r for r in rows if r["system"] == s and r["task"] == "exact" and r["length_req"] == L]
-            cells.append(f"{100 * mean([r['hit1'] for r in rr], 0):.0f} / {100 * mean([r['hit5'] for r in rr], 0):.0f}")
-        rr = [r for r in rows if r["system"] == s and r["task"] == "paraphrase"]
-        cells.append(f"{100 * mean([r['hit1'] for r in rr], 0):.0f} / {100 * mean([r['hit5'] for r in rr], 0):.0f}")
+        mine = [r for r in rows if r["system"] == s]
+        cells = [cell([r for r in mine if r["task"] == "exact" and r["length_req"] == L]) for L in lengths]
+        cells.append(cell([r for r in mine if r["task"] == "exact"]))
+        cells.append(cell([r for r in mine if r["task"] == "paraphrase"]))
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     if res.get("scale"):
         sizes = sorted({(r["n_entries"], r["tokens"]) for r in res["scale"]})

@@ -59,6 +59,8 @@ def test_tiny_run_writes_its_files(tmp_path, small_model):
     systems = {r["system"] for r in res["needles"]}
     assert systems == {"fwpkm", "word", "combined", "bm25"}
     assert all(r["task"] in ("exact", "paraphrase") for r in res["needles"])
+    exact = [r for r in res["needles"] if r["system"] == "bm25" and r["task"] == "exact"]
+    assert len(exact) == 1 + A.DISTRACTORS and sum(r["gold_needle"] for r in exact) == 1  # every needle asked
     assert {"fwpkm", "word", "bm25", "combined"} <= set(e["cost"])
     scale = res["scale"]
     assert {(r["n_entries"], r["system"]) for r in scale} == {(n, s) for n in (12, 24) for s in systems}

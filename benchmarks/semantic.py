@@ -189,7 +189,9 @@ def choose_weight(model, chunk_size: int, weights=None, n_pairs: int | None = No
 # the run
 # ----------------------------------------------------------------------------------------------------------
 def run(out_dir: str = "results/semantic", quick: bool = False, weights=None, threads: int = 1,
-        needle_lengths=(32768, 131072), skip_needles: bool = False, weight: float | None = None) -> dict:
+        needle_lengths=(32768, 131072), skip_needles: bool = False, weight: float | None = None,
+        paraphrase_lengths=None, paraphrase_items=None, systems=("bm25", "minilm-faiss-flat", "fwpkm"),
+        dev_needle_items: int = 4, needle_depths=(0.25, 0.75), combined: bool = True) -> dict:
     from fwpkm_rag.benchmarks import paraphrase
     from fwpkm_rag.benchmarks.common import commit, machine, write_json, write_text
     from fwpkm_rag.benchmarks.suite import needles_tables, run_needles
@@ -205,19 +207,24 @@ def run(out_dir: str = "results/semantic", quick: bool = False, weights=None, th
                 semantic_weights=str(weights or "shipped"),
                 semantic_metadata=getattr(SemanticAddressing.load(weights), "metadata", {}))
     chunk_size = 256  # the suite's needle chunk size
-    if weight is None:
+    if weight is None and combined:
         chosen = choose_weight(model, chunk_size, weights, n_pairs=120 if quick else None,
-                               needle_items=2 if quick else 4, log=log)
+                               needle_items=dev_needle_items, log=log)
     else:
         chosen = dict(weight=weight, grid=[], note="given on the command line")
     w = chosen["weight"]
     log(f"combined weight (dev): {w}")
-    extra = {"semantic": lambda: SemanticSystem(weights),
-             "fwpkm+semantic": lambda: CombinedSystem(model, chunk_size_now[0], w, weights)}
+    extra = {"semantic": lambda: SemanticSystem(weights)}
+    if combined:
+        extra["fwpkm+semantic"] = lambda: CombinedSystem(model, chunk_size_now[0], w, weights)
     chunk_size_now = [paraphrase.DEFAULTS_FULL["paraphrase_chunk_size"]]
-    names = ["bm25", "minilm-faiss-flat", "fwpkm"]
+    names = list(systems)
     sset = SystemSet(names, model=model, chunk_size=chunk_size_now[0], extra=extra)
     cfg = dict(paraphrase.DEFAULTS_QUICK if quick else paraphrase.DEFAULTS_FULL)
+    if paraphrase_lengths:
+        cfg["paraphrase_lengths"] = tuple(paraphrase_lengths)
+    if paraphrase_items:
+        cfg["paraphrase_items"] = paraphrase_items
     par = paraphrase.run_paraphrase(sset, cfg, 5, log)
     result = dict(meta=meta, weight=chosen, paraphrase=par)
     md = [f"### Semantic layer (issue 17 B) — {'quick' if quick else 'full'} run", "",
@@ -229,11 +236,11 @@ def run(out_dir: str = "results/semantic", quick: bool = False, weights=None, th
     if not skip_needles:
         chunk_size_now[0] = chunk_size
         nset = SystemSet(["bm25", "fwpkm"], model=model, chunk_size=chunk_size, extra=extra)
-        ncfg = dict(lengths=tuple(needle_lengths), depths=(0.25, 0.75), distractors=(16,), per_cell=1,
+        ncfg = dict(lengths=tuple(needle_lengths), depths=tuple(needle_depths), distractors=(16,), per_cell=1,
                     scaling_depths=(0.5,), scaling_distractors=(16,))
         rows = run_needles(nset, ncfg, chunk_size, 5, log)
         result["needles"] = rows
-        md.append(needles_tables(rows, ["bm25", "fwpkm", "semantic", "fwpkm+semantic"]))
+        md.append(needles_tables(rows, ["bm25", "fwpkm", *extra]))
     result["seconds"] = round(time.perf_counter() - start, 1)
     write_json(out_dir, "semantic.json", result, indent=1)
     write_text(out_dir, "semantic.md", "\n".join(md) + "\n")
@@ -250,10 +257,19 @@ def main(argv=None) -> int:
     ap.add_argument("--weight", type=float, default=None, help="combined weight (default: chosen on dev)")
     ap.add_argument("--no-needles", action="store_true")
     ap.add_argument("--needle-lengths", type=int, nargs="+", default=[32768, 131072])
+    ap.add_argument("--paraphrase-lengths", type=int, nargs="+", default=None)
+    ap.add_argument("--paraphrase-items", type=int, default=None)
+    ap.add_argument("--dev-needle-items", type=int, default=4, help="train-split needle items for the weight search")
+    ap.add_argument("--needle-depths", type=float, nargs="+", default=[0.25, 0.75])
+    ap.add_argument("--semantic-only", action="store_true", help="no combined system (and no weight search)")
+    ap.add_argument("--systems", nargs="+", default=["bm25", "minilm-faiss-flat", "fwpkm"],
+                    help="baselines beside semantic and fwpkm+semantic")
     args = ap.parse_args(argv)
     if args.threads < 1:
         raise ConfigError("--threads must be >= 1")
-    run(args.out, args.quick, args.weights, args.threads, tuple(args.needle_lengths), args.no_needles, args.weight)
+    run(args.out, args.quick, args.weights, args.threads, tuple(args.needle_lengths), args.no_needles, args.weight,
+        args.paraphrase_lengths, args.paraphrase_items, args.systems, args.dev_needle_items, tuple(args.needle_depths),
+        not args.semantic_only)
     return 0
 
 

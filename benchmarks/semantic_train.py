@@ -48,10 +48,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import fwpkm_rag.data
 from fwpkm_rag.errors import ConfigError
 
-DATA = Path(__file__).resolve().parents[1] / "fwpkm_rag" / "data"
-PAIRS = DATA / "semantic_pairs.jsonl.gz"
+PAIRS = Path(fwpkm_rag.data.__file__).resolve().parent / "semantic_pairs.jsonl.gz"
 CACHE = Path(os.environ.get("FWPKM_RAG_CACHE", Path.home() / ".cache" / "fwpkm-rag")) / "semantic"
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 
@@ -279,9 +279,10 @@ def init_keys(module, feats: dict, rows: list[int], seed: int) -> None:
 def train(objective: str, steps: int = 400, batch: int = 32, lr: float = 3e-3, seed: int = 0,
           n_keys: int = 128, heads: int = 2, k_dim: int = 64, topk: int = 8, tau_start: float = 1.0,
           tau_end: float = 0.1, teacher_tau: float = 0.05, max_pairs: int | None = None, log_every: int = 25,
-          dev_every: int = 0, out: Path | None = None, command: str = ""):
+          dev_every: int = 0, out: Path | None = None, command: str = "", sentences: bool = False,
+          sentence_weight: float = 1.0):
     """Train one addressing module with `objective` ("st" or "distill"); returns (module, history)."""
-    from fwpkm_rag.pipelines.semantic_layer import SemanticAddressing, SemanticConfig
+    from fwpkm_rag.pipelines.semantic_layer import SemanticAddressing, SemanticConfig, sentence_rows
 
     if objective not in ("st", "distill"):
         raise ConfigError(f"objective must be 'st' or 'distill', got {objective!r}")
@@ -290,7 +291,8 @@ def train(objective: str, steps: int = 400, batch: int = 32, lr: float = 3e-3, s
     feats = features(pairs)
     train_rows = [i for i, p in enumerate(pairs) if p["split"] == "train"][:max_pairs]
     q_idf = word_piece_idf(feats, 30522)
-    module = SemanticAddressing(SemanticConfig(k_dim=k_dim, n_keys=n_keys, heads=heads, topk=topk))
+    module = SemanticAddressing(SemanticConfig(k_dim=k_dim, n_keys=n_keys, heads=heads, topk=topk,
+                                                       sentence_rows=sentences, sentence_weight=sentence_weight))
     init_keys(module, feats, train_rows, seed)
     # learnable logit scale (as CLIP), log-parametrized; the scores are first divided by the row's (detached)
     # maximum, since their raw size (~1e-2: small strengths in the linear part of the saturation) says nothing
@@ -308,9 +310,18 @@ def train(objective: str, steps: int = 400, batch: int = 32, lr: float = 3e-3, s
         else:  # the last 30%: the hard read, straight-through
             mode, tau = "st", tau_end
         rows = rng.sample(train_rows, batch)
-        q_states = [feats["query"][r][1] for r in rows]
-        q_weight = [q_idf[feats["query"][r][0]] for r in rows]
-        p_states = [feats["passage"][r][1] for r in rows]
+        q_states, q_weight = [], []
+        for r in rows:
+            ids, h = feats["query"][r]
+            w = q_idf[ids]
+            if module.config.sentence_rows:  # the layer's rows: tokens, then sentences (semantic_layer.rows)
+                s = sentence_rows(ids, h.float())
+                h = torch.cat([h.float(), s])
+                w = torch.cat([w, torch.full((s.shape[0],), module.config.sentence_weight * float(w.mean()))])
+            q_states.append(h)
+            q_weight.append(w)
+        p_states = [torch.cat([h.float(), sentence_rows(ids, h.float())]) if module.config.sentence_rows else h
+                    for ids, h in (feats["passage"][r] for r in rows)]
         score = batch_scores(module, q_states, p_states, q_weight, tau, mode)  # (B, B)
         logits = score / (score.detach().amax(-1, keepdim=True) + 1e-9) * scale.exp()
         if objective == "st":
@@ -391,6 +402,8 @@ def main(argv=None) -> int:
     t.add_argument("--tau-start", type=float, default=1.0)
     t.add_argument("--tau-end", type=float, default=0.1)
     t.add_argument("--dev-every", type=int, default=100)
+    t.add_argument("--sentences", action="store_true", help="also a row per sentence (its mean token state)")
+    t.add_argument("--sentence-weight", type=float, default=1.0)
     t.add_argument("--out", default=None)
     t.add_argument("--history", default=None, help="write the training curve (JSON) here")
     d = sub.add_parser("dev", help="dev recall of saved weights (the real layer, hard reads)")
@@ -404,6 +417,7 @@ def main(argv=None) -> int:
         command = "python -m fwpkm_rag.benchmarks.semantic_train " + " ".join(argv if argv is not None else sys.argv[1:])
         module, history = train(args.objective, args.steps, args.batch, args.lr, args.seed, args.n_keys, args.heads,
                                 args.k_dim, args.topk, args.tau_start, args.tau_end, dev_every=args.dev_every,
+                                sentences=args.sentences, sentence_weight=args.sentence_weight,
                                 out=Path(args.out) if args.out else None, command=command)
         if args.history:
             Path(args.history).write_text(json.dumps(history, indent=1))

@@ -40,14 +40,9 @@ from fwpkm_rag.kernels.product_key import product_key_topk, read_weights
 from fwpkm_rag.pipelines.provenance import ProvenanceTable
 from fwpkm_rag.pipelines.retrieval import score_chunks
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "fwpkm_rag" / "data" / "semantic_layer.safetensors"
-"""The shipped trained weights (`fwpkm-rag`'s data folder; the command that trained them is in its metadata)."""
-
-
 def default_weights_path() -> Path:
-    """The shipped weights, in the source tree or in the installed package."""
-    if DEFAULT_WEIGHTS.exists():
-        return DEFAULT_WEIGHTS
+    """The shipped trained weights: semantic_layer.safetensors in fwpkm_rag's data package (the command that
+    trained them is in the file's metadata)."""
     import fwpkm_rag.data as data
 
     return Path(data.__file__).resolve().parent / "semantic_layer.safetensors"
@@ -108,6 +103,27 @@ class TokenStateEncoder:
         return result
 
 
+SENTENCE_END = (1012, 1029, 999)
+"""MiniLM's word pieces '.', '?' and '!': where a sentence row ends."""
+
+
+def sentence_rows(pieces: Tensor, states: Tensor) -> Tensor:
+    """(S, dim): the mean token state of every sentence of a text (a span ending at '.', '?' or '!', and the rest
+    after the last one). These rows are read and written like tokens when `SemanticConfig.sentence_rows` is on:
+    a sentence's meaning as one query, beside its words' contextual queries."""
+    if pieces.numel() == 0:
+        return states.new_zeros((0, states.shape[-1]))
+    end = torch.zeros(pieces.shape[0], dtype=torch.bool)
+    for p in SENTENCE_END:
+        end |= pieces == p
+    end[-1] = True
+    sentence = torch.cumsum(end.long(), 0) - end.long()  # (T,) sentence number of every token
+    S = int(sentence[-1]) + 1
+    sums = states.new_zeros((S, states.shape[-1])).index_add_(0, sentence, states)
+    counts = torch.zeros(S).index_add_(0, sentence, torch.ones(pieces.shape[0]))
+    return sums / counts[:, None].to(states.dtype)
+
+
 def sentence_embedding(states: Tensor) -> Tensor:
     """MiniLM's sentence vector from token states (T, dim) -> (dim,): mean pooled, unit norm (what
     sentence-transformers does, minus the two special tokens)."""
@@ -124,6 +140,8 @@ class SemanticConfig:
     heads: int = 2
     topk: int = 8
     eps: float = 1e-3  # IDW: -log(eps + ||q - K||^2)
+    sentence_rows: bool = False  # also read/write one row per sentence (its mean token state)
+    sentence_weight: float = 1.0  # a question's sentence row weighs this x its tokens' mean weight
 
     def __post_init__(self):
         check_int("dim", self.dim, 1)
@@ -270,7 +288,7 @@ class SemanticLayer:
             if pieces.numel() == 0:
                 continue
             df[torch.unique(pieces)] += 1
-            slots, weights, gate = self.addressing.read(h.float())  # (T, J), (T, J), (T,)
+            slots, weights, gate = self.addressing.read(self.rows(pieces, h.float()))  # (T(+S), J), .., (T(+S),)
             strength = weights * gate[:, None]  # (T, J): gate x read weight, as the store's writes
             table.record(0, slots, torch.full_like(slots, first + n), strength)
         self.table, self.df = table, df
@@ -287,8 +305,19 @@ class SemanticLayer:
     @torch.no_grad()
     def reads_encoded(self, pieces: Tensor, h: Tensor) -> tuple[list, Tensor]:
         """`reads` of an encoded question (word-piece ids (T,), states (T, dim))."""
-        slots, weights, gate = self.addressing.read(h.float())
-        return [(slots, weights)], idf(self.df[pieces], len(self.ids)) * gate
+        h = h.float()
+        tw = idf(self.df[pieces], len(self.ids))  # (T,)
+        if self.addressing.config.sentence_rows and pieces.numel():
+            rows = sentence_rows(pieces, h)
+            tw = torch.cat([tw, torch.full((rows.shape[0],), self.addressing.config.sentence_weight * float(tw.mean()))])
+        slots, weights, gate = self.addressing.read(self.rows(pieces, h))
+        return [(slots, weights)], tw * gate
+
+    def rows(self, pieces: Tensor, h: Tensor) -> Tensor:
+        """What a text reads and writes: its token states, then its sentence rows when the config says so."""
+        if self.addressing.config.sentence_rows:
+            return torch.cat([h, sentence_rows(pieces, h)])
+        return h
 
     def score_tensor(self, question, encoded: bool = False) -> Tensor:
         """(n_chunks,) every chunk's score in insertion order (retrieval.score_chunks); `question` is a str, or

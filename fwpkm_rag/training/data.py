@@ -157,7 +157,7 @@ class ChainStage:
 
 CURRICULUM_V2 = (
     ChainStage("1: chained values, 1.5K episodes", steps=500, seq_len=1536, batch=2, facts=(3, 8), min_gap=320),
-    ChainStage("2: 4K episodes, more filler, near keys", steps=900, seq_len=4096, batch=1, facts=(4, 12), min_gap=640,
+    ChainStage("2: 4K episodes, more filler, near keys", steps=1700, seq_len=4096, batch=1, facts=(4, 12), min_gap=640,
                distractors=0.6, question_share=0.2),
 )
 

@@ -158,12 +158,28 @@ def _peak_lr(cfg: TrainConfig) -> float:
     return cfg.lr if cfg.lr is not None else recipe(cfg.preset).lr
 
 
+def _cosine(step: int, total: int, lr: float, warmup: int) -> float:
+    """Linear warm-up, then cosine from lr to lr/10 at step `total`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     lr = _peak_lr(cfg)
-    if step < cfg.warmup:
-        return lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    replan = recipe(cfg.preset).lr_replan
+    if replan is None or cfg.stage_steps is not None:
+        return _cosine(step, total, lr, cfg.warmup)
+    # The run was planned for `planned` steps and re-planned at step `at` (longer): until `at` the first plan,
+    # then a cosine from the lr reached at `at` down to lr/10 at the new end. Continuous, and a function of
+    # the step only, so a rerun or a resume sees exactly the run's learning rates.
+    at, planned = replan
+    if step < at:
+        return _cosine(step, planned, lr, cfg.warmup)
+    start = _cosine(at, planned, lr, cfg.warmup)
+    progress = min(1.0, (step - at) / max(1, total - at))
+    return 0.1 * lr + (start - 0.1 * lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _save_optimizer(opt, path: str) -> None:

@@ -241,3 +241,16 @@ def test_tiny_v2_trains_a_few_steps_through_both_stages_and_resumes_like_an_unin
     compact = FwPKMForCausalLM.from_pretrained(str(tmp_path / "a" / "model-fp16"))  # the shippable copy
     assert compact.config.tokenizer["k_ranks"] == 32768
     assert torch.equal(compact.embed_tokens.weight, a["embed_tokens.weight"].half().float())
+
+
+def test_the_replanned_schedule_keeps_the_first_plan_until_the_replan_and_is_continuous():
+    from fwpkm_rag.training.loop import _cosine, _lr_at
+
+    cfg = TrainConfig(preset="tiny-v2")
+    at, planned = recipe("tiny-v2").lr_replan
+    peak, total = recipe("tiny-v2").lr, sum(s.steps for s in CURRICULUM_V2)
+    assert all(_lr_at(s, total, cfg) == _cosine(s, planned, peak, cfg.warmup) for s in range(at))
+    steps = [_lr_at(s, total, cfg) for s in range(at - 1, total + 1)]
+    assert max(abs(a - b) for a, b in zip(steps, steps[1:])) < 1e-6  # no jump at the re-plan
+    assert all(a >= b for a, b in zip(steps, steps[1:]))  # decays monotonically after warm-up
+    assert _lr_at(total, total, cfg) == pytest.approx(0.1 * peak)

@@ -374,7 +374,6 @@ def run_store(sset: SystemSet, model, cfg: dict, segment_tokens: int, k: int, lo
     the same to rank). One memory is measured up to ``store_one_memory_max`` tokens."""
     from fwpkm_rag.benchmarks.systems import Built
     from fwpkm_rag.data.needles import chunk_item, make_item
-    from fwpkm_rag.pipelines.retrieval import check_query, rank_views
 
     rows = []
     for L in cfg["store_lengths"]:
@@ -409,8 +408,7 @@ def run_store(sset: SystemSet, model, cfg: dict, segment_tokens: int, k: int, lo
                                                      / sum(s.index.tokens_ingested for s in sealed))
                 row["reference_p50_ms"] = quantile(_latency(lambda q: idx.search_reference(q, k),
                                                             [q for q, _, _ in queries[: cfg["store_reference_queries"]]]), 0.5)
-                row["replicas"] = _replicated_latency(idx, [q for q, _, _ in queries], k, cfg["store_replicas"],
-                                                      check_query, rank_views)
+                row["replicas"] = _replicated_latency(idx, [q for q, _, _ in queries], k, cfg["store_replicas"])
             rows.append(row)
         close_all(built)
         log(f"store {L:,} tokens ({time.perf_counter() - start:.0f} s): " + ", ".join(
@@ -419,20 +417,24 @@ def run_store(sset: SystemSet, model, cfg: dict, segment_tokens: int, k: int, lo
     return rows
 
 
-def _replicated_latency(idx, questions: list, k: int, counts, check_query, rank_views) -> list[dict]:
-    """p50/p95 of the fast ranking (`rank_views`, every segment's top k; no documents read) over this store's
-    sealed segment views repeated to each count in `counts` (latency only: the repeats rank the same chunks)."""
-    sealed = [sv.view for sv in idx.view.segments if sv.sealed]
+def _replicated_latency(idx, questions: list, k: int, counts) -> list[dict]:
+    """p50/p95 of the store's fast ranking (`segments.rank_segments`: every segment's top k, no documents read)
+    over this store's sealed segments repeated to each count in `counts`, on 1 thread and on the store's
+    `SEARCH_THREADS` (latency only: the repeats rank the same chunks)."""
+    from fwpkm_rag.pipelines.segments import SEARCH_THREADS, rank_segments
+
+    sealed = [sv for sv in idx.view.segments if sv.sealed]
     if not sealed:
         return []
     out = []
+    per_segment = sum(sv.index.tokens_ingested for sv in sealed) / len(sealed)
     for n in counts:
         views = [sealed[i % len(sealed)] for i in range(n)]
-        ids = [check_query(idx.tok, q, idx.settings.max_query_tokens) for q in questions]
-        rank_views(idx.model, views, ids[0], k)  # warm-up
-        lat = _latency(lambda i: rank_views(idx.model, views, i, k), ids)
-        tokens = n * sum(sv.index.tokens_ingested for sv in idx.view.segments if sv.sealed) / len(sealed)
-        out.append(dict(segments=n, tokens=int(tokens), p50_ms=quantile(lat, 0.5), p95_ms=quantile(lat, 0.95)))
+        for threads in sorted({1, SEARCH_THREADS}):
+            rank_segments(views, questions[0], k, threads)  # warm-up
+            lat = _latency(lambda q: rank_segments(views, q, k, threads), questions)
+            out.append(dict(segments=n, tokens=int(n * per_segment), threads=threads, p50_ms=quantile(lat, 0.5),
+                            p95_ms=quantile(lat, 0.95)))
     return out
 
 
@@ -624,8 +626,8 @@ def store_table(rows: list[dict]) -> str:
                        f"{r.get('sealed_bytes_per_token', float('nan')):.1f} bytes per token in RAM.")
             if r.get("replicas"):
                 out.append("Fast ranking over its sealed segments repeated (latency only): " + "; ".join(
-                    f"{x['segments']} segments (~{x['tokens'] / 1e6:.1f}M tokens) p50 {x['p50_ms']:.0f} ms, "
-                    f"p95 {x['p95_ms']:.0f} ms" for x in r["replicas"]) + ".")
+                    f"{x['segments']} segments (~{x['tokens'] / 1e6:.1f}M tokens), {x.get('threads', 1)} thread(s): "
+                    f"p50 {x['p50_ms']:.0f} ms, p95 {x['p95_ms']:.0f} ms" for x in r["replicas"]) + ".")
     return "\n".join(out)
 
 

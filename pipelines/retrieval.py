@@ -311,14 +311,16 @@ def reads_against(q: Tensor, keys: Tensor, config) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def rank_views(model, views: Sequence[IndexView], ids: list[int], k: int) -> list[Ranked]:
+def rank_views(model, views: Sequence[IndexView], ids: list[int], k: int, q: Optional[Tensor] = None) -> list[Ranked]:
     """Every view's own top k for a question (checked token ids `ids`, eos first): the first FwPKM layer's
-    queries computed once (`first_layer_queries`), then per view only the top-k against its sub-keys and the
-    provenance lookup. Agrees with `rank_view` (one forward per view) on reads and rankings (tests)."""
+    queries computed once (`first_layer_queries`, or `q` when the caller has them), then per view only the
+    top-k against its sub-keys and the provenance lookup. Agrees with `rank_view` (one forward per view) on
+    reads and rankings (tests). Each view is ranked on its own, so any split of `views` over threads gives the
+    same results."""
     if k == 0 or not views:
         return [Ranked([], []) for _ in views]
     start = time.perf_counter()
-    q = first_layer_queries(model, ids)
+    q = first_layer_queries(model, ids) if q is None else q
     config = model.fwpkm_modules[0].config
     out = []
     for view in views:

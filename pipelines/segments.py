@@ -34,6 +34,7 @@ import numbers
 import secrets
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
@@ -47,9 +48,15 @@ from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import dump_metadata
 from fwpkm_rag.pipelines.index import IndexView, MemoryIndex, progress_bar
 from fwpkm_rag.pipelines.merge import merge_hits
-from fwpkm_rag.pipelines.retrieval import (SCORED_LAYERS, Hit, Ranked, add_matches, check_k, check_query, hits_of,
-                                           rank_view, rank_views)
+from fwpkm_rag.pipelines.retrieval import (SCORED_LAYERS, Hit, Ranked, add_matches, check_k, check_query,
+                                           first_layer_queries, hits_of, rank_view, rank_views)
 from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
+
+SEARCH_THREADS = 2
+"""Threads that rank one question's segments (the issue's target machine has 2 cores)."""
+
+MIN_SEGMENTS_PER_THREAD = 8
+"""Fewer segments than this per thread are ranked on the caller's thread (a thread hand-off costs more)."""
 
 _KEEP = object()  # add(max_document_chars=...) not given: the store's own limit
 
@@ -497,15 +504,25 @@ class SegmentedIndex:
             return out
 
 
-def rank_segments(segments, query: str, k: int) -> list[Ranked]:
+def rank_segments(segments, query: str, k: int, threads: int = SEARCH_THREADS) -> list[Ranked]:
     """Each segment's own top k for `query` (checked already), by the fast path (`retrieval.rank_views`: the
-    question's first-layer queries once, then per segment its sub-keys' top-k and its provenance). The local
-    store and the Ray actors (distributed.py) both rank through here."""
+    question's first-layer queries once, then per segment its sub-keys' top-k and its provenance), the segments
+    split into `threads` runs of consecutive segments ranked on threads (torch releases the GIL in its ops).
+    The local store and the Ray actors (distributed.py) both rank through here."""
     if not segments:
         return []
     first = segments[0].index
     ids = check_query(first.tok, query, first.settings.max_query_tokens)
-    return rank_views(first.model, [sv.view for sv in segments], ids, k)
+    views = [sv.view for sv in segments]
+    with torch.no_grad():
+        q = first_layer_queries(first.model, ids) if k else None
+    runs = min(threads, len(views) // MIN_SEGMENTS_PER_THREAD)
+    if runs < 2:
+        return rank_views(first.model, views, ids, k, q)
+    bounds = [round(i * len(views) / runs) for i in range(runs + 1)]
+    with ThreadPoolExecutor(max_workers=runs) as pool:
+        parts = pool.map(lambda ab: rank_views(first.model, views[ab[0]:ab[1]], ids, k, q), zip(bounds, bounds[1:]))
+        return [r for part in parts for r in part]
 
 
 def split_document(doc: chunking.ChunkedDocument, text: str, n_chunks: int):

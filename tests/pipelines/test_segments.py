@@ -515,3 +515,19 @@ def test_a_sealed_segment_keeps_in_ram_only_what_retrieval_reads(small_model):
 
     gc.collect()
     assert not os.path.exists(folder)  # the spilled states go with the last reference
+
+
+def test_segments_ranked_on_threads_rank_as_on_one(small_model, monkeypatch):
+    from fwpkm_rag.pipelines import segments as seg_module
+
+    store = segmented(small_model, segment_tokens=120)
+    store.add_texts([prose(100, 80 + i) + " " + needle(i) + " " + prose(20, 90 + i) for i in range(5)],
+                    ids=[f"d{i}" for i in range(5)])
+    views = store.index.view.segments
+    assert len(views) >= 6
+    monkeypatch.setattr(seg_module, "MIN_SEGMENTS_PER_THREAD", 1)  # split even this small store
+    for query in (needle_query(1), needle_query(4), "alpha"):
+        one = seg_module.rank_segments(views, query, 4, threads=1)
+        three = seg_module.rank_segments(views, query, 4, threads=3)
+        assert [r.chosen for r in three] == [r.chosen for r in one]  # every segment's own ranking, in order
+        assert [r.scores for r in three] == [pytest.approx(r.scores, rel=1e-6) for r in one]

@@ -291,6 +291,7 @@ def first_layer_queries(model, ids: list[int]) -> Tensor:
     if not got:  # pragma: no cover - every MemoryLM runs its FwPKM layers
         raise RuntimeError("the model's forward never reached its first FwPKM layer")
     hidden, state = got[0]
+    state = layer.init_state(1) if state is None else state  # a block called without a state makes a fresh one
     q, _, _, _ = layer.project(hidden, torch.zeros_like(state.conv_cache))  # (1, T, H*k_dim)
     return q
 

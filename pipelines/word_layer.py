@@ -136,7 +136,10 @@ class WordLayer:
 
     # ---- writes -------------------------------------------------------------------------------------------
     def add(self, chunk_texts: Sequence[str], chunk_ids: Sequence[int]) -> None:
-        """Write the chunks (in order): each distinct unit of a chunk writes its k slots."""
+        """Write the chunks (in order): each distinct unit of a chunk writes its k slots.
+
+        chunk_ids: ints >= 0, dense like the store's (liveness is one flag per id up to the largest); writing
+        an id again adds to its strengths, as a chunk written in two pieces would."""
         texts, ids = _check_add(chunk_texts, chunk_ids)
         if not texts:
             return

@@ -188,6 +188,7 @@ def test_hard_training_score_is_the_grid_read():
     qw = [torch.rand(3) + 0.5, torch.rand(2) + 0.5]
     got = batch_scores(module, qs, ps, qw, 1.0, "hard")
 
+    @torch.no_grad()
     def grid(h):  # per token and head: {(i, j): weight} over the k x k grid
         sub = module.sub_scores(h)  # (T, H, 2, n)
         out = []
@@ -204,14 +205,14 @@ def test_hard_training_score_is_the_grid_read():
 
     want = torch.zeros(len(qs), len(ps))
     for b, p in enumerate(ps):
-        g = module.gates(p)
+        g = module.gates(p).detach()
         S = {}
         for t, heads in enumerate(grid(p)):
             for w in heads:
                 for ij, v in w.items():
                     S[ij] = S.get(ij, 0.0) + float(g[t]) * v / c.heads
         for a, q in enumerate(qs):
-            tw = module.gates(q) * qw[a]
+            tw = module.gates(q).detach() * qw[a]
             tw = tw / tw.sum()
             for t, heads in enumerate(grid(q)):
                 for w in heads:

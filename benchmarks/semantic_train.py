@@ -237,9 +237,14 @@ def batch_scores(module, q_states, p_states, q_weight, tau: float, mode: str):
     pp = book_probs(module.sub_scores(ph), c.topk, tau, mode)  # (Np, H, 2, n)
     g = module.gates(ph)  # (Np,)
     # S_P(i, j) = sum over the passage's tokens and heads of g_u p1(i) p2(j) / H   (heads share the slots)
-    owner = torch.repeat_interleave(torch.arange(len(p_states)), torch.tensor([len(s) for s in p_states]))
-    onehot = F.one_hot(owner, len(p_states)).float() * g[:, None] / c.heads  # (Np, Bp)
-    S = torch.einsum("ub,uhi,uhj->bij", onehot, pp[:, :, 0], pp[:, :, 1])  # (Bp, n, n)
+    # per passage P1^T diag(g) P2 as one batched matmul over passages padded to the longest (padding rows are 0)
+    lengths = [len(s) for s in p_states]
+    gp1 = (pp[:, :, 0] * g[:, None, None] / c.heads).flatten(0, 1)  # (Np*H, n): token-major, heads inside
+    p2 = pp[:, :, 1].flatten(0, 1)  # (Np*H, n)
+    split = [t * c.heads for t in lengths]
+    A = torch.nn.utils.rnn.pad_sequence(list(gp1.split(split)), batch_first=True)  # (Bp, Tmax*H, n)
+    B = torch.nn.utils.rnn.pad_sequence(list(p2.split(split)), batch_first=True)  # (Bp, Tmax*H, n)
+    S = A.transpose(1, 2) @ B  # (Bp, n, n)
     sat = S / (S + SATURATION)
     a = module.gates(qh) * torch.cat(q_weight)  # (Nq,) idf x gate
     qowner = torch.repeat_interleave(torch.arange(len(q_states)), torch.tensor([len(s) for s in q_states]))
@@ -280,7 +285,7 @@ def train(objective: str, steps: int = 400, batch: int = 32, lr: float = 3e-3, s
           n_keys: int = 128, heads: int = 2, k_dim: int = 64, topk: int = 8, tau_start: float = 1.0,
           tau_end: float = 0.1, teacher_tau: float = 0.05, max_pairs: int | None = None, log_every: int = 25,
           dev_every: int = 0, out: Path | None = None, command: str = "", sentences: bool = False,
-          sentence_weight: float = 1.0):
+          sentence_weight: float = 1.0, negatives: int = 0, init: str | None = None):
     """Train one addressing module with `objective` ("st" or "distill"); returns (module, history)."""
     from fwpkm_rag.pipelines.semantic_layer import SemanticAddressing, SemanticConfig, sentence_rows
 
@@ -293,7 +298,10 @@ def train(objective: str, steps: int = 400, batch: int = 32, lr: float = 3e-3, s
     q_idf = word_piece_idf(feats, 30522)
     module = SemanticAddressing(SemanticConfig(k_dim=k_dim, n_keys=n_keys, heads=heads, topk=topk,
                                                        sentence_rows=sentences, sentence_weight=sentence_weight))
-    init_keys(module, feats, train_rows, seed)
+    if init:  # continue from saved weights (same config)
+        module.load_state_dict(SemanticAddressing.load(init).state_dict())
+    else:
+        init_keys(module, feats, train_rows, seed)
     # learnable logit scale (as CLIP), log-parametrized; the scores are first divided by the row's (detached)
     # maximum, since their raw size (~1e-2: small strengths in the linear part of the saturation) says nothing
     scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
@@ -320,14 +328,16 @@ def train(objective: str, steps: int = 400, batch: int = 32, lr: float = 3e-3, s
                 w = torch.cat([w, torch.full((s.shape[0],), module.config.sentence_weight * float(w.mean()))])
             q_states.append(h)
             q_weight.append(w)
+        # the batch's passages, then `negatives` more passages that are nobody's answer (more to tell apart)
+        p_rows = rows + rng.sample([r for r in train_rows if r not in set(rows)], negatives)
         p_states = [torch.cat([h.float(), sentence_rows(ids, h.float())]) if module.config.sentence_rows else h
-                    for ids, h in (feats["passage"][r] for r in rows)]
+                    for ids, h in (feats["passage"][r] for r in p_rows)]
         score = batch_scores(module, q_states, p_states, q_weight, tau, mode)  # (B, B)
         logits = score / (score.detach().amax(-1, keepdim=True) + 1e-9) * scale.exp()
         if objective == "st":
             loss = F.cross_entropy(logits, torch.arange(batch))
         else:
-            teacher = feats["query_vec"][rows] @ feats["sentence_vec"][rows].T  # (B, B) MiniLM cosine
+            teacher = feats["query_vec"][rows] @ feats["sentence_vec"][p_rows].T  # (B, B + negatives) MiniLM cosine
             target = torch.softmax(teacher / teacher_tau, dim=-1)
             loss = F.kl_div(F.log_softmax(logits, dim=-1), target, reduction="batchmean")
         opt.zero_grad()
@@ -404,6 +414,8 @@ def main(argv=None) -> int:
     t.add_argument("--dev-every", type=int, default=100)
     t.add_argument("--sentences", action="store_true", help="also a row per sentence (its mean token state)")
     t.add_argument("--sentence-weight", type=float, default=1.0)
+    t.add_argument("--negatives", type=int, default=0, help="extra in-batch passages per step")
+    t.add_argument("--init", default=None, help="start from these weights")
     t.add_argument("--out", default=None)
     t.add_argument("--history", default=None, help="write the training curve (JSON) here")
     d = sub.add_parser("dev", help="dev recall of saved weights (the real layer, hard reads)")
@@ -418,6 +430,7 @@ def main(argv=None) -> int:
         module, history = train(args.objective, args.steps, args.batch, args.lr, args.seed, args.n_keys, args.heads,
                                 args.k_dim, args.topk, args.tau_start, args.tau_end, dev_every=args.dev_every,
                                 sentences=args.sentences, sentence_weight=args.sentence_weight,
+                                negatives=args.negatives, init=args.init,
                                 out=Path(args.out) if args.out else None, command=command)
         if args.history:
             Path(args.history).write_text(json.dumps(history, indent=1))

@@ -3,16 +3,19 @@
 The test starts a one-node cluster with the `ray start --head` command the docs give (2 CPUs, no dashboard,
 token authentication as Ray enables it by default), connects a store to it by address, and stops that cluster
 after: `ray start --block` runs in its own process group, so stopping it stops this cluster's processes only
-(not any other Ray on the machine, which `ray stop` would).
+(not any other Ray on the machine, which `ray stop` would), and its temp dir is its own, so no record of it
+is left where a later `ray.init()` looks.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,9 +48,13 @@ def cluster_address():
     port = _free_port()
     host = socket.gethostbyname(socket.gethostname())
     ray_cli = Path(sys.executable).with_name("ray")
+    # Its own temp dir: `ray start` records "the latest cluster on this machine" there, and a later plain
+    # `ray.init()` (other tests, the user's own Ray) reads that record from the default /tmp/ray and would try
+    # to join this cluster once it is gone. A short path: Ray's socket paths must stay under 108 characters.
+    temp_dir = tempfile.mkdtemp(prefix="rayc", dir="/tmp")
     head = subprocess.Popen(
         [str(ray_cli), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         "--disable-usage-stats"],
+         "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=dict(os.environ, **DRIVER_ENV), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     try:
@@ -60,6 +67,7 @@ def cluster_address():
         except subprocess.TimeoutExpired:  # pragma: no cover - only if Ray hangs on shutdown
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 # The driver runs as its own process, as it would on a cluster machine, with the environment docs/scale-out.md

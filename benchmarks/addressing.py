@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from fwpkm_rag.benchmarks.common import checkpoint_fingerprint, commit, machine, mean, quantile, rank_of, write_final
-from fwpkm_rag.benchmarks.systems import FWPKM, FwPKMSystem, load_model_described
+from fwpkm_rag.benchmarks.common import commit, machine, mean, quantile, rank_of, run_logger, write_final
+from fwpkm_rag.benchmarks.systems import FWPKM, FwPKMSystem, model_for_run
 
 FULL = dict(n_entries=1000, needle_lengths=(32768, 65536, 131072), needle_depths=(0.1, 0.5, 0.9), needle_reps=1,
             scale_entries=(500, 1000, 2400))
@@ -331,14 +331,8 @@ def run_addressing_bench(out_dir: str = "results/addressing", quick: bool = Fals
     cfg = dict(QUICK if quick else FULL)
     cfg.update(overrides or {})
 
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - wall0:7.1f} s] {msg}", flush=True)
-
-    if model is None:
-        model, model_desc, _ = load_model_described(model_path)
-        model_desc += checkpoint_fingerprint(model_path)
-    else:
-        model_desc = "model passed in"
+    log = run_logger(wall0)
+    model, model_desc, _ = model_for_run(model, model_path)
     avail = set(available_baselines())
     skipped = {b: "library not installed" for b in baselines if b not in avail}
     baselines = [b for b in baselines if b in avail]

@@ -53,22 +53,26 @@ def commit() -> str:
         return "unknown"
 
 
+def run_logger(wall0: float) -> Callable[[str], None]:
+    """A benchmark's progress printer: each line prefixed with the seconds since `wall0`, flushed at once."""
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - wall0:7.1f} s] {msg}", flush=True)
+
+    return log
+
+
 def checkpoint_fingerprint(model_path: Optional[str] = None) -> str:
     """'; model.safetensors sha256 <12 hex>, written <UTC time>' of a checkpoint folder (the shipped model when
     None), or '' without one: the shipped model is retrained in place, so a result must name its weights."""
-    import hashlib
-
     from fwpkm_rag.default_model import DEFAULT_MODEL_DIR
+    from fwpkm_rag.fingerprint import sha256_file
 
     path = os.path.join(model_path or DEFAULT_MODEL_DIR, "model.safetensors")
     if not os.path.exists(path):
         return ""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(path)))
-    return f"; model.safetensors sha256 {h.hexdigest()[:12]}, written {stamp}"
+    return f"; model.safetensors sha256 {sha256_file(path)[:12]}, written {stamp}"
 
 
 # ----------------------------------------------------------------------------------------------------------

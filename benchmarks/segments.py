@@ -32,9 +32,9 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from fwpkm_rag.benchmarks.common import (checkpoint_fingerprint, commit, klabel, machine, mean, percent, quantile,
-                                         rank_of, write_final, write_json)
-from fwpkm_rag.benchmarks.systems import FWPKM, FwPKMSystem, SystemSet, close_all, load_model_described
+from fwpkm_rag.benchmarks.common import (commit, klabel, machine, mean, percent, quantile, rank_of, run_logger,
+                                         write_final, write_json)
+from fwpkm_rag.benchmarks.systems import FWPKM, FwPKMSystem, SystemSet, close_all, model_for_run
 
 PARTS = ("curve", "merge", "store")
 NEEDLE_TARGET = 0.99  # needle hit@5 a segment must keep (issue 14)
@@ -678,14 +678,8 @@ def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, t
         cfg["lengths"] = cfg["store_lengths"] = tuple(lengths)
     cfg.update(overrides or {})
 
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - wall0:7.1f} s] {msg}", flush=True)
-
-    if model is None:
-        model, model_desc, _ = load_model_described(model_path)
-        model_desc += checkpoint_fingerprint(model_path)
-    else:
-        model_desc = getattr(model.config, "_name_or_path", "") or "model passed in"
+    log = run_logger(wall0)
+    model, model_desc, _ = model_for_run(model, model_path)
     # "fwpkm" here is always ONE memory, whatever the store's default segment_tokens
     sset = SystemSet([FWPKM, "bm25"], model=model, chunk_size=CHUNK_SIZE,
                      extra={FWPKM: one_memory_factory(model, CHUNK_SIZE)})

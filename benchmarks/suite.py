@@ -31,9 +31,9 @@ import time
 from typing import Optional, Sequence
 
 from fwpkm_rag.benchmarks import paraphrase
-from fwpkm_rag.benchmarks.common import (checkpoint_fingerprint, commit, klabel, machine, mean, percent, quantile,
-                                         rank_of, write_final, write_json)
-from fwpkm_rag.benchmarks.systems import DEFAULT_SYSTEMS, FWPKM, SystemSet, close_all, load_model_described
+from fwpkm_rag.benchmarks.common import (commit, klabel, machine, mean, percent, quantile, rank_of, run_logger,
+                                         write_final, write_json)
+from fwpkm_rag.benchmarks.systems import DEFAULT_SYSTEMS, FWPKM, SystemSet, close_all, model_for_run
 
 PARTS = ("needles", "answers", "capacity", "paraphrase", "cost")
 
@@ -477,15 +477,11 @@ def run_suite(parts: Sequence[str] = PARTS, out_dir: str = "results/retrieval", 
     cfg.update(overrides or {})
     os.makedirs(out_dir, exist_ok=True)
 
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - wall0:7.1f} s] {msg}", flush=True)
-
+    log = run_logger(wall0)
     loads: dict = {}
-    if model is None:
-        model, model_desc, loads["FwPKM model load"] = load_model_described(model_path)
-        model_desc += checkpoint_fingerprint(model_path)
-    else:
-        model_desc = getattr(model.config, "_name_or_path", "") or "model passed in"
+    model, model_desc, load_s = model_for_run(model, model_path)
+    if load_s is not None:
+        loads["FwPKM model load"] = load_s
     n_params = sum(p.numel() for p in model.parameters())
     if any(s.startswith("minilm") for s in (systems or DEFAULT_SYSTEMS)):
         from fwpkm_rag.benchmarks.baselines import MiniLMEncoder

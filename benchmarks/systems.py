@@ -105,6 +105,17 @@ def load_model_described(path: Optional[str] = None, dev_preset: Optional[str] =
     return model, desc, time.perf_counter() - start
 
 
+def model_for_run(model=None, model_path: Optional[str] = None):
+    """(model, description, load seconds or None) for a benchmark run: the model passed in, or the checkpoint at
+    `model_path` (the shipped one when None) loaded and named by its weights' sha256."""
+    if model is not None:
+        return model, getattr(model.config, "_name_or_path", "") or "model passed in", None
+    from fwpkm_rag.benchmarks.common import checkpoint_fingerprint
+
+    model, desc, seconds = load_model_described(model_path)
+    return model, desc + checkpoint_fingerprint(model_path), seconds
+
+
 @dataclass
 class Built:
     system: object

@@ -33,3 +33,12 @@ def weights_fingerprint(owner, config: Optional[Mapping], state: Mapping[str, to
         _cache.clear()
     _cache[key] = h.hexdigest()
     return _cache[key]
+
+
+def sha256_file(path) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks: checkpoints and saved store files."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

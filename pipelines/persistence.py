@@ -31,7 +31,6 @@ save writes version 2.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -39,6 +38,7 @@ import shutil
 import time
 
 from fwpkm_rag.errors import ModelMismatchError, StateFormatError
+from fwpkm_rag.fingerprint import sha256_file
 from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines.docstore import DocStore
 from fwpkm_rag.pipelines.index import MemoryIndex
@@ -59,14 +59,6 @@ def model_fingerprint(model: MemoryLM) -> str:
     from fwpkm_rag.fingerprint import weights_fingerprint
 
     return weights_fingerprint(model, model.config.to_dict(), model.state_dict())
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_file(path: str) -> None:
@@ -127,7 +119,7 @@ def write_snapshot(index: MemoryIndex, folder: str, fingerprint: str) -> None:
             "model_fingerprint": fingerprint,
             "settings": index.settings.to_dict(),
             "n_memories": index.n_memories,
-            "files": {f: _sha256_file(os.path.join(folder, f)) for f in files},
+            "files": {f: sha256_file(os.path.join(folder, f)) for f in files},
         }
     with open(os.path.join(folder, "manifest.json"), "w") as fh:
         json.dump(manifest, fh, indent=1)
@@ -208,7 +200,7 @@ def load_snapshot(snapshot: str, model: MemoryLM, settings: StoreSettings, finge
         path = os.path.join(snapshot, fname)
         if not os.path.exists(path):
             raise StateFormatError(f"{path} is missing: the snapshot is incomplete")
-        if _sha256_file(path) != digest:
+        if sha256_file(path) != digest:
             raise StateFormatError(f"{path} failed its checksum: the file was modified or corrupted")
     if manifest.get("model_fingerprint") != fingerprint:
         raise ModelMismatchError(
@@ -243,7 +235,7 @@ def _write_json(directory: str, name: str, value) -> str:
         fh.flush()
         os.fsync(fh.fileno())
     os.rename(tmp, os.path.join(directory, name))
-    return _sha256_file(os.path.join(directory, name))
+    return sha256_file(os.path.join(directory, name))
 
 
 def write_segment_folder(index: MemoryIndex, directory: str, name: str, fingerprint: str) -> None:
@@ -362,7 +354,7 @@ def load_store(directory: str, model: MemoryLM, **overrides) -> SegmentedIndex:
         raise StateFormatError(f"{directory}/{name} lacks an entry: {exc}") from None
     if not os.path.exists(catalog_path):
         raise StateFormatError(f"{catalog_path} is missing: the store is incomplete")
-    if _sha256_file(catalog_path) != catalog_ref.get("sha256"):
+    if sha256_file(catalog_path) != catalog_ref.get("sha256"):
         raise StateFormatError(f"{catalog_path} failed its checksum: the file was modified or corrupted")
     with open(catalog_path) as fh:
         catalog = {doc_id: tuple(parts) for doc_id, parts in json.load(fh)}

@@ -7,12 +7,12 @@
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 from fwpkm_rag.errors import ConfigError
+from fwpkm_rag.fingerprint import sha256_file
 from fwpkm_rag.training.data import CURRICULUM, CURRICULUM_V2, ChainEpisodeMaker, EpisodeMaker
 
 # sha256 of fwpkm_rag/default_model/model.safetensors as shipped by `fwpkm-rag train --preset tiny` (v1):
@@ -48,14 +48,6 @@ def recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ConfigError(f"unknown training preset {name!r}; known: {sorted(RECIPES)}")
     return RECIPES[name]
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def warm_start_source(rec: Recipe, path: Optional[str] = None) -> str:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fwpkm_rag.data.needles import BENCH_TEMPLATES, key_split
+from fwpkm_rag.fingerprint import sha256_file
 from fwpkm_rag.modeling.config import FwPKMModelConfig
 from fwpkm_rag.modeling.model import FwPKMForCausalLM
 from fwpkm_rag.tokenizer import SPECIAL_TOKENS, get_tokenizer
@@ -15,7 +16,7 @@ from fwpkm_rag.training import facts as grammar
 from fwpkm_rag.training.data import ANSWER_WEIGHT, CURRICULUM_V2, ChainEpisodeMaker
 from fwpkm_rag.training.export import save_compact
 from fwpkm_rag.training.loop import TrainConfig, gate_separation_loss, train
-from fwpkm_rag.training.recipes import V1_SHA256, recipe, sha256_file, warm_start_source
+from fwpkm_rag.training.recipes import V1_SHA256, recipe, warm_start_source
 from fwpkm_rag.training.warm_start import bpe_pieces, embedding_row_sources, warm_start
 
 

@@ -587,6 +587,11 @@ class DistributedIndex:
             return
         self.closed = True
         ray = require_ray()
+        live = [a for a in self.workers if a is not None]
+        try:  # let each actor close its segments (databases, spilled memory folders) before it is killed
+            ray.get([a.close.remote() for a in live], timeout=60)
+        except Exception:  # a dead or stuck actor: killing it below is all that is left
+            pass
         for actor in self.workers:
             if actor is not None:
                 try:

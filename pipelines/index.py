@@ -103,6 +103,10 @@ class SpilledMemory:
         for name in sorted(os.listdir(self.folder)):
             shutil.copyfile(os.path.join(self.folder, name), os.path.join(folder, name))
 
+    def remove(self) -> None:
+        """Delete the folder now (a closed store), rather than when the last reference goes."""
+        self._finalizer()
+
     def nbytes(self) -> int:
         """Bytes held in RAM: the sub-keys (the rest is on disk)."""
         return sum(k.numel() * k.element_size() for k in self.keys)
@@ -254,6 +258,12 @@ class MemoryIndex:
         sub-keys + packed provenance + token counts; the rest is on disk)."""
         memory = self._spill.nbytes() if self.sealed else self.cache.nbytes()
         return memory + self.provenance.nbytes() + self.chunk_df.numel() * self.chunk_df.element_size()
+
+    def close(self) -> None:
+        """Close the database and delete a sealed index's spilled memory folder (the index is unusable after)."""
+        self.docs.close()
+        if self._spill is not None:
+            self._spill.remove()
 
     # ---- sealing --------------------------------------------------------------------------------------------
     def seal(self, scored_layers: int) -> None:

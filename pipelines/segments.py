@@ -488,7 +488,7 @@ class SegmentedIndex:
 
     def close(self) -> None:
         for segment in self.segments:
-            segment.index.docs.close()
+            segment.index.close()
 
     # ---- what `fwpkm-rag info` and the tests read ---------------------------------------------------------------
     def segment_stats(self) -> list[dict]:

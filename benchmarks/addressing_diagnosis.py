@@ -9,7 +9,7 @@ entry shuffled and reordered (and verbatim where the change could cost it) after
 * (iv)  the scoring: the saturation constant, the slot idf's power, the question-token idf.
 
 Scoring changes are made by swapping retrieval's public module-level names (``SATURATION``, ``slot_idf``,
-``token_idf``) for the duration of one measurement and restoring them; the conv by editing the model's
+``idf_weight``) for the duration of one measurement and restoring them; the conv by editing the model's
 ``q_conv`` taps in place and restoring them. A diagnosis, not a library path. Writes diagnosis.json.
 """
 from __future__ import annotations
@@ -106,14 +106,14 @@ def run(n_entries: int = 1000, out_dir: str = "results/addressing", threads: int
     for sat in (0.05, 5.0, 1e6):
         with swapped(retrieval, "SATURATION", sat):
             record(f"(iv) saturation {sat:g}", search)
-    slot_idf, token_idf = retrieval.slot_idf, retrieval.token_idf
+    slot_idf, idf_weight = retrieval.slot_idf, retrieval.idf_weight
     with swapped(retrieval, "slot_idf", lambda t, layer: slot_idf(t, layer).sqrt()):
         record("(iv) slot idf to the power 1 (not 2)", search)
     with swapped(retrieval, "slot_idf", lambda t, layer: torch.ones(t.n_slots)):
         record("(iv) slot idf off", search)
-    with swapped(retrieval, "token_idf", lambda view, ids: torch.ones(len(ids))):
+    with swapped(retrieval, "idf_weight", lambda n, df: torch.ones(len(df)).index_fill_(0, torch.tensor([0]), 0.0)):
         record("(iv) question-token idf off", search)
-    with swapped(retrieval, "token_idf", lambda view, ids: token_idf(view, ids) ** 2):
+    with swapped(retrieval, "idf_weight", lambda n, df: idf_weight(n, df) ** 2):
         record("(iv) question-token idf squared", search)
     base.close()
     for unit in ("token", "word"):

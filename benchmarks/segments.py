@@ -36,7 +36,7 @@ from fwpkm_rag.benchmarks.common import (commit, klabel, machine, mean, percent,
                                          write_final, write_json)
 from fwpkm_rag.benchmarks.systems import FWPKM, FwPKMSystem, SystemSet, close_all, model_for_run
 
-PARTS = ("curve", "merge", "store")
+PARTS = ("curve", "merge", "store", "store-capacity")
 NEEDLE_TARGET = 0.99  # needle hit@5 a segment must keep (issue 14)
 CAPACITY_TARGET = 0.95  # capacity hit@1 a segment must keep (issue 14)
 
@@ -53,11 +53,15 @@ FULL = dict(
     paraphrase_lengths=(8192, 32768),
     paraphrase_items=3,
     paraphrase_segments=4,
-    store_lengths=(131072, 1048576),
+    store_lengths=(131072, 1048576, 10485760),
+    store_distractors={131072: (16, 64), 1048576: (16, 64), 10485760: (16,)},  # default (16,)
     store_queries=17,
     store_reference_queries=3,
+    store_reference_max=1048576,  # the reference path (a forward per segment) is measured up to this length
     store_replicas=(16, 64, 160),
     store_one_memory_max=131072,  # one memory at 1M: 12% needle hit@5 (docs/benchmarks.md); not re-measured
+    store_dense="minilm-faiss-flat",  # the dense baseline beside the store (skipped when its extra is missing)
+    store_capacity_loads=(1, 8, 64),  # x N/k facts, the store with its segment size vs BM25
 )
 QUICK = dict(
     lengths=(2048, 4096),
@@ -72,10 +76,14 @@ QUICK = dict(
     paraphrase_items=1,
     paraphrase_segments=2,
     store_lengths=(4096,),
+    store_distractors={4096: (4, 8)},
     store_queries=5,
     store_reference_queries=2,
+    store_reference_max=4096,
     store_replicas=(2, 4),
     store_one_memory_max=4096,
+    store_dense="minilm-faiss-flat",
+    store_capacity_loads=(0.25, 1),
 )
 CHUNK_SIZE = 256  # the suite's needle chunks
 
@@ -366,54 +374,101 @@ def _latency(fn, queries) -> list[float]:
 
 
 def run_store(sset: SystemSet, model, cfg: dict, segment_tokens: int, k: int, log) -> list[dict]:
-    """The segmented store next to one memory and BM25 at each of ``store_lengths``: needle hit@5/@1 (17
-    questions of one item, 16 distractors), query p50/p95, resident index bytes (and per corpus token), ingest.
-    For the store also: the reference path's p50 (one forward per segment, ``search_reference``, on a few
-    questions) and the bytes of a sealed segment per token; and, latency only, its fast ranking over the sealed
-    segments repeated to ``store_replicas`` segments (a stand-in for longer corpora: every full segment costs
-    the same to rank). One memory is measured up to ``store_one_memory_max`` tokens."""
+    """The segmented store next to BM25, MiniLM + FAISS (``store_dense``) and, up to ``store_one_memory_max``
+    tokens, one memory, at each of ``store_lengths`` and each of its ``store_distractors``: needle hit@5/@1 (17
+    questions of one item, or 1 + distractors when fewer), query p50/p95, resident index bytes (and per corpus
+    token), ingest seconds and tokens/s. For the store also: the reference path's p50 (one forward per segment,
+    ``search_reference``, on a few questions, up to ``store_reference_max`` tokens), the bytes of a sealed
+    segment per token and, latency only, its fast ranking over the sealed segments repeated to
+    ``store_replicas`` segments."""
     from fwpkm_rag.benchmarks.systems import Built
     from fwpkm_rag.data.needles import chunk_item, make_item
 
     rows = []
     for L in cfg["store_lengths"]:
-        start = time.perf_counter()
-        item = make_item(L, 0.5, cfg["distractors"], split="bench", seed=item_seed(L, 99), chunk_size=CHUNK_SIZE)
-        ch = chunk_item(item)
-        queries = needle_queries(item, ch)[: cfg["store_queries"]]
-        base = dict(length_req=L, length=item.length, n_chunks=len(ch.chunks))
-        only = (FWPKM, "bm25") if L <= cfg.get("store_one_memory_max", L) else ("bm25",)
-        built = sset.build(ch.chunks, only=only)
-        t0 = time.perf_counter()
-        store = StoreSystem(model, segment_tokens)
-        store.add(ch.chunks)
-        name = f"store-seg{klabel(segment_tokens)}"
-        built[name] = Built(store, time.perf_counter() - t0, len(ch.chunks))
-        for sys_name, b in built.items():
-            b.system.search(queries[0][0], k)  # warm-up
-            res = [timed_search(b.system, q, k) for q, _, _ in queries]
-            lat = [ms for _, ms in res]
-            ranks = [rank_of(h, gold) for (h, _), (_, gold, _) in zip(res, queries)]
-            nbytes = int(b.system.nbytes())
-            row = dict(base, system=sys_name, hit5=mean(r is not None and r <= 5 for r in ranks),
-                       hit1=mean(r == 1 for r in ranks), queries=len(ranks), p50_ms=quantile(lat, 0.5),
-                       p95_ms=quantile(lat, 0.95), nbytes=nbytes, bytes_per_token=nbytes / item.length,
-                       ingest_s=b.ingest_s, segments=1)
-            if sys_name == name:
-                idx = b.system.store.index
-                sealed = [s for s in idx.segments if s.sealed]
-                row["segments"] = len(idx.segments)
-                if sealed:
-                    row["sealed_bytes_per_token"] = (sum(s.index.nbytes() for s in sealed)
-                                                     / sum(s.index.tokens_ingested for s in sealed))
+        for D in cfg.get("store_distractors", {}).get(L, (cfg["distractors"],)):
+            rows += _store_item(sset, model, cfg, segment_tokens, k, log, L, D, Built, chunk_item, make_item)
+    return rows
+
+
+def _store_item(sset, model, cfg, segment_tokens, k, log, L, D, Built, chunk_item, make_item) -> list[dict]:
+    start = time.perf_counter()
+    seed = item_seed(L, 99) if D == cfg["distractors"] else item_seed(L, 99 + D)
+    item = make_item(L, 0.5, D, split="bench", seed=seed, chunk_size=CHUNK_SIZE)
+    ch = chunk_item(item)
+    queries = needle_queries(item, ch)[: max(cfg["store_queries"], 1 + D) if D > cfg["distractors"] else cfg["store_queries"]]
+    base = dict(length_req=L, length=item.length, n_chunks=len(ch.chunks), distractors=D)
+    only = ["bm25"] + ([FWPKM] if L <= cfg.get("store_one_memory_max", L) else [])
+    only += [cfg["store_dense"]] if cfg.get("store_dense") in sset.names else []
+    built = sset.build(ch.chunks, only=only)
+    log(f"store {L:,} tokens, {D} distractors: baselines built ({time.perf_counter() - start:.0f} s)")
+    t0 = time.perf_counter()
+    store = StoreSystem(model, segment_tokens)
+    store.add(ch.chunks)
+    name = f"store-seg{klabel(segment_tokens)}"
+    built[name] = Built(store, time.perf_counter() - t0, len(ch.chunks))
+    log(f"store {L:,} tokens: segmented store built ({built[name].ingest_s:.0f} s)")
+    rows = []
+    for sys_name, b in built.items():
+        b.system.search(queries[0][0], k)  # warm-up
+        res = [timed_search(b.system, q, k) for q, _, _ in queries]
+        lat = [ms for _, ms in res]
+        ranks = [rank_of(h, gold) for (h, _), (_, gold, _) in zip(res, queries)]
+        nbytes = int(b.system.nbytes())
+        row = dict(base, system=sys_name, hit5=mean(r is not None and r <= 5 for r in ranks),
+                   hit1=mean(r == 1 for r in ranks), queries=len(ranks), p50_ms=quantile(lat, 0.5),
+                   p95_ms=quantile(lat, 0.95), nbytes=nbytes, bytes_per_token=nbytes / item.length,
+                   ingest_s=b.ingest_s, ingest_tok_s=item.length / b.ingest_s if b.ingest_s else None, segments=1)
+        if sys_name == name:
+            idx = b.system.store.index
+            sealed = [s for s in idx.segments if s.sealed]
+            row["segments"] = len(idx.segments)
+            if sealed:
+                row["sealed_bytes_per_token"] = (sum(s.index.nbytes() for s in sealed)
+                                                 / sum(s.index.tokens_ingested for s in sealed))
+            if L <= cfg.get("store_reference_max", L):
                 row["reference_p50_ms"] = quantile(_latency(lambda q: idx.search_reference(q, k),
                                                             [q for q, _, _ in queries[: cfg["store_reference_queries"]]]), 0.5)
-                row["replicas"] = _replicated_latency(idx, [q for q, _, _ in queries], k, cfg["store_replicas"])
-            rows.append(row)
-        close_all(built)
-        log(f"store {L:,} tokens ({time.perf_counter() - start:.0f} s): " + ", ".join(
-            f"{x['system']} hit@5 {100 * x['hit5']:.0f}% p50 {x['p50_ms']:.1f} ms {x['nbytes'] / 2**20:.1f} MiB"
-            for x in rows[-len(built):]))
+            row["replicas"] = _replicated_latency(idx, [q for q, _, _ in queries], k, cfg["store_replicas"])
+        rows.append(row)
+    close_all(built)
+    log(f"store {L:,} tokens, {D} distractors ({time.perf_counter() - start:.0f} s): " + ", ".join(
+        f"{x['system']} hit@5 {100 * x['hit5']:.0f}% p50 {x['p50_ms']:.1f} ms {x['nbytes'] / 2**20:.1f} MiB"
+        for x in rows))
+    return rows
+
+
+def run_store_capacity(sset: SystemSet, model, cfg: dict, segment_tokens: int, log) -> list[dict]:
+    """The suite's capacity task (F near-duplicate "locker" facts, one chunk each, hit@1 over up to
+    ``capacity_queries`` of them) at ``store_capacity_loads`` x N/k facts: the segmented store as a user gets
+    it (``FwPKMStore(segment_tokens=...)``, its merge) next to BM25."""
+    from fwpkm_rag.data.needles import make_facts
+
+    fcfg = model.config.fwpkm_config
+    nk = fcfg.n_slots // fcfg.topk
+    tok = model.get_tokenizer()
+    rows = []
+    for load in cfg["store_capacity_loads"]:
+        start = time.perf_counter()
+        F = max(2, int(load * nk))
+        facts = make_facts(F, split="bench", seed=4242, template="locker")  # the suite's capacity facts
+        chunks = [f.text for f in facts]
+        tokens = sum(len(tok.encode(c)) + 1 for c in chunks)
+        asked = random.Random(F).sample(range(F), min(F, cfg["capacity_queries"]))
+        base = dict(facts=F, load=F / nk, tokens=tokens, queries=len(asked))
+        built = sset.build(chunks, only=("bm25",))
+        store = StoreSystem(model, segment_tokens)
+        store.add(chunks)
+        built[f"store-seg{klabel(segment_tokens)}"] = store
+        for name, system in built.items():
+            system = getattr(system, "system", system)
+            hits = [system.search(facts[i].question, 1)[0][0] == i for i in asked]
+            segments = len(system.store.index.segments) if name.startswith("store") else 1
+            rows.append(dict(base, system=name, segments=segments, hit1=mean(hits)))
+        store.close()
+        close_all({n: b for n, b in built.items() if not n.startswith("store")})
+        log(f"store capacity: {F:,} facts ({tokens:,} tokens, {time.perf_counter() - start:.0f} s): " + ", ".join(
+            f"{x['system']} {100 * x['hit1']:.1f}%" for x in rows[-2:]))
     return rows
 
 
@@ -612,22 +667,37 @@ def merge_tables(res: dict) -> str:
 def store_table(rows: list[dict]) -> str:
     if not rows:
         return ""
-    out = ["\n#### The segmented store (FwPKMStore(segment_tokens=...)) vs one memory vs BM25\n",
-           "| system | tokens | segments | needle hit@5 (hit@1) | query p50 / p95 ms | index MiB | bytes / token | ingest s |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["\n#### The segmented store (FwPKMStore(segment_tokens=...)) vs one memory, BM25, MiniLM + FAISS\n",
+           "| system | tokens | distractors | segments | needle hit@5 (hit@1) | query p50 / p95 ms | index MiB | "
+           "bytes / token | ingest s (tokens/s) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['system']} | {r['length']:,} | {r.get('segments', 1)} | {100 * r['hit5']:.0f}% "
-                   f"({100 * r.get('hit1', 0):.0f}%) of {r['queries']} | {r['p50_ms']:.1f} / {r.get('p95_ms', 0):.1f} | "
-                   f"{r['nbytes'] / 2**20:.1f} | {r.get('bytes_per_token', 0):.1f} | {r['ingest_s']:.0f} |")
+        rate = f" ({r['ingest_tok_s']:,.0f})" if r.get("ingest_tok_s") else ""
+        out.append(f"| {r['system']} | {r['length']:,} | {r.get('distractors', 16)} | {r.get('segments', 1)} | "
+                   f"{100 * r['hit5']:.0f}% ({100 * r.get('hit1', 0):.0f}%) of {r['queries']} | "
+                   f"{r['p50_ms']:.1f} / {r.get('p95_ms', 0):.1f} | {r['nbytes'] / 2**20:.1f} | "
+                   f"{r.get('bytes_per_token', 0):.1f} | {r['ingest_s']:.0f}{rate} |")
     for r in rows:
-        if "reference_p50_ms" in r:
-            out.append(f"\n{r['system']} at {r['length']:,} tokens: the reference path (one forward per segment, "
-                       f"`search_reference`) p50 {r['reference_p50_ms']:.0f} ms; a sealed segment holds "
-                       f"{r.get('sealed_bytes_per_token', float('nan')):.1f} bytes per token in RAM.")
+        if r.get("sealed_bytes_per_token") is not None or "reference_p50_ms" in r:
+            ref = (f"the reference path (one forward per segment, `search_reference`) p50 {r['reference_p50_ms']:.0f} ms; "
+                   if "reference_p50_ms" in r else "")
+            out.append(f"\n{r['system']} at {r['length']:,} tokens, {r.get('distractors', 16)} distractors: {ref}a "
+                       f"sealed segment holds {r.get('sealed_bytes_per_token', float('nan')):.1f} bytes per token in RAM.")
             if r.get("replicas"):
                 out.append("Fast ranking over its sealed segments repeated (latency only): " + "; ".join(
                     f"{x['segments']} segments (~{x['tokens'] / 1e6:.1f}M tokens), {x.get('threads', 1)} thread(s): "
                     f"p50 {x['p50_ms']:.0f} ms, p95 {x['p95_ms']:.0f} ms" for x in r["replicas"]) + ".")
+    return "\n".join(out)
+
+
+def store_capacity_table(rows: Optional[list]) -> str:
+    if not rows:
+        return ""
+    out = ["\n#### Capacity: near-duplicate facts in the segmented store vs BM25 (hit@1)\n",
+           "| facts | x N/k | tokens | system | segments | hit@1 |", "|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['facts']:,} | {r['load']:g} | {r['tokens']:,} | {r['system']} | {r['segments']} | "
+                   f"{100 * r['hit1']:.1f}% of {r['queries']} |")
     return "\n".join(out)
 
 
@@ -648,9 +718,8 @@ def report(res: dict) -> str:
     parts.append(merge_tables(res))
     if res.get("strategy"):
         parts.append(f"\n**merge strategy**: {res['strategy']} (best mean over the tasks above).")
-    if res.get("store") is not None:
-        parts.append(store_table(res["store"]) if res["store"] else
-                     "\nThe segmented store (`FwPKMStore(segment_tokens=...)`) is not in this tree yet: part `store` skipped.")
+    parts.append(store_table(res.get("store") or []))
+    parts.append(store_capacity_table(res.get("store_capacity")))
     return "\n".join(p for p in parts if p)
 
 
@@ -663,7 +732,7 @@ def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, t
                        overrides: Optional[dict] = None) -> dict:
     """Run the parts; write segments.json and segments.md to out_dir; return the results dict.
 
-    ``segment_tokens`` sizes the store part's segmented store (default: the size the curve chose, else 32K)."""
+    ``segment_tokens`` sizes the store parts' segmented store (default: the store's default segment_tokens)."""
     import torch
 
     from fwpkm_rag.benchmarks.suite import run_capacity
@@ -681,7 +750,8 @@ def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, t
     log = run_logger(wall0)
     model, model_desc, _ = model_for_run(model, model_path)
     # "fwpkm" here is always ONE memory, whatever the store's default segment_tokens
-    sset = SystemSet([FWPKM, "bm25"], model=model, chunk_size=CHUNK_SIZE,
+    dense = [cfg["store_dense"]] if "store" in parts and cfg.get("store_dense") else []
+    sset = SystemSet([FWPKM, "bm25", *dense], model=model, chunk_size=CHUNK_SIZE,
                      extra={FWPKM: one_memory_factory(model, CHUNK_SIZE)})
     res: dict = dict(meta=dict(machine=machine(threads), commit=commit(), python=sys.version.split()[0],
                                torch=torch.__version__, quick=quick, parts=list(parts), k=k, model=model_desc,
@@ -706,13 +776,16 @@ def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, t
         res["merge_paraphrase"] = run_paraphrase_merge(sset, model, cfg, k, log)
         res["strategy"] = choose_strategy(res)
         save_partial()
-    if "store" in parts:
-        if segmented_store_available():
-            S = segment_tokens or (res.get("choice") or {}).get("segment_tokens") or 32768
+    if "store" in parts or "store-capacity" in parts:
+        from fwpkm_rag.pipelines.settings import StoreSettings
+
+        S = segment_tokens or StoreSettings().segment_tokens
+        res["meta"]["segment_tokens"] = S
+        if "store" in parts:
             res["store"] = run_store(sset, model, cfg, S, k, log)
-        else:
-            res["store"] = []
-            log("store: FwPKMStore has no segment_tokens yet; skipped")
+            save_partial()
+        if "store-capacity" in parts:
+            res["store_capacity"] = run_store_capacity(sset, model, cfg, S, log)
     res["meta"]["wall_s"] = time.perf_counter() - wall0
     write_final(out_dir, "segments", res, report)
     log(f"wall time {time.perf_counter() - wall0:.0f} s")

@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--lengths", type=int, nargs="+", default=None, help="niah, retrieval, segments: haystack lengths in tokens")
     bench.add_argument("--scaling", action="store_true", help="retrieval: add 1M-token haystacks to the needle sweep")
     bench.add_argument("--parts", nargs="+", default=None, choices=["needles", "answers", "capacity", "paraphrase", "cost",
-                                                                     "curve", "merge", "store"],
-                       help="retrieval (needles..cost), segments (curve, merge, store): run only these parts")
+                                                                     "curve", "merge", "store", "store-capacity"],
+                       help="retrieval (needles..cost), segments (curve, merge, store, store-capacity): run only these parts")
     bench.add_argument("--systems", nargs="+", default=None, help="retrieval: systems to compare (default all installed): fwpkm, bm25, minilm-faiss-flat, minilm-faiss-hnsw, minilm-inmemory, minilm-chroma, and fwpkm-smollm2 (FwPKM on the frozen SmolLM2 backbone, docs/backbone.md; not in the default set)")
     bench.add_argument("--segment-tokens", type=int, default=None,
                        help="segments: segment size of the segmented store measured (default: the size the curve chooses)")

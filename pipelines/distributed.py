@@ -14,9 +14,11 @@ len, compact, rebuild, ...); `RayFwPKMStore` (pipelines/langchain/ray_store.py) 
 - **Ingestion** spreads whole documents over the actors: an id the store already holds goes to the actor that
   holds it (the replace stays one actor's transaction), a new one to the least-loaded actor (characters of live
   documents). Inputs are checked on the driver first, so a bad input changes nothing on any actor.
-- **Queries** fan out to every actor; each returns every segment's own top k (`segments.rank_segments` /
-  `hits_of`), and the driver merges them with `merge.merge_hits` and the store's strategy, in segment-id
-  order: the same merge, on the same lists, as the local store.
+- **Queries** fan out to every actor twice: first each returns its idf counts for the question's tokens
+  (chunks, chunks containing each token), which the driver adds up; then each returns every segment's own top
+  k ranked with that store-wide idf (`segments.rank_segments` / `hits_of`), and the driver merges them with
+  `merge.merge_hits` and the store's strategy, in segment-id order: the same merge, on the same lists, as the
+  local store.
 - **Persistence** writes the local store's format (version 2, persistence.py): every actor writes its segment
   folders (sealed ones once) into the folder, the driver writes the catalog, the manifest and CURRENT. The
   folder must be reachable at the same path from every actor (always so with a local Ray; shared storage on a
@@ -176,8 +178,19 @@ class SegmentWorker:
         return self.index.next_segment
 
     # ---- reading -----------------------------------------------------------------------------------------
-    def search(self, query: str, k: int, with_matches: bool, match_top: int) -> list:
-        """[(segment id, that segment's own top k as Hits)] for every segment of this actor, in order."""
+    def idf_counts(self, query: str) -> tuple:
+        """(N, df per question token as a list) over this actor's segments: the driver adds every actor's
+        counts so that a question's tokens weigh their idf over the whole store, as in a local store."""
+        from fwpkm_rag.pipelines.retrieval import check_query, idf_counts
+
+        idx = self.index
+        ids = check_query(idx.tok, query, idx.settings.max_query_tokens)
+        n, df = idf_counts([sv.view for sv in idx.view.segments], ids)
+        return n, df.tolist()
+
+    def search(self, query: str, k: int, with_matches: bool, match_top: int, idf: Optional[tuple] = None) -> list:
+        """[(segment id, that segment's own top k as Hits)] for every segment of this actor, in order; the
+        question's tokens weighted by the store-wide idf counts `idf` = (N, df list) (default: this actor's)."""
         import torch
 
         from fwpkm_rag.pipelines.retrieval import check_query, hits_of
@@ -186,9 +199,10 @@ class SegmentWorker:
         idx = self.index
         k = check_k(k)
         check_query(idx.tok, query, idx.settings.max_query_tokens)
+        counts = None if idf is None else (int(idf[0]), torch.as_tensor(idf[1], dtype=torch.int64))
         with idx.snapshot() as (view, dbs):
             with torch.no_grad():
-                ranked = rank_segments(view.segments, query, k) if k else [None] * len(dbs)
+                ranked = rank_segments(view.segments, query, k, idf=counts) if k else [None] * len(dbs)
             out = []
             for sv, db, r in zip(view.segments, dbs, ranked):
                 hits = [] if r is None else hits_of(sv.index, sv.view, db, r, segment=sv.id,
@@ -467,7 +481,12 @@ class DistributedIndex:
                strategy: Optional[str] = None) -> list[Hit]:
         """Every actor ranks each of its segments' top k; the driver merges them (merge_hits, segment-id order)."""
         k = check_k(k)
-        done = self._call({s: (lambda a: a.search.remote(query, k, with_matches, match_top))
+        idf = None
+        if k:  # the store-wide idf: every actor's counts added (a write between the two calls may shift them)
+            counts = self._call({s: (lambda a: a.idf_counts.remote(query)) for s in range(self.num_workers)})
+            idf = (sum(n for n, _ in counts.values()),
+                   [sum(col) for col in zip(*(df for _, df in counts.values()))])
+        done = self._call({s: (lambda a: a.search.remote(query, k, with_matches, match_top, idf))
                            for s in range(self.num_workers)})
         per_segment = sorted((pair for pairs in done.values() for pair in pairs), key=lambda p: p[0])
         return merge_hits([hits for _, hits in per_segment], k, self.settings.merge if strategy is None else strategy)

@@ -52,24 +52,26 @@ def check_strategy(strategy) -> str:
     return strategy
 
 
-def merge_hits(per_segment: list[list[Hit]], k: int, strategy: str = "raw") -> list[Hit]:
-    """The global top k of the segments' rankings (each best first), `rank` renumbered 0..k-1.
-
-    Order: merge key descending (see the module doc), then segment order, then position in the segment's list.
-    Fewer than k hits come back only when the segments hold fewer in all."""
+def merge_order(per_segment: list[list[float]], k: int, strategy: str = "raw") -> list[tuple[int, int]]:
+    """The global top k as (segment position, position in that segment's list), from each segment's scores
+    (best first): merge key descending (see the module doc), then segment order, then position. A segmented
+    store merges its rankings by this before it reads any document, so only the k winners' texts are read."""
     check_int("k", k, error=InputTypeError)
     k = check_int("k", k, 0, error=InputError)
     strategy = check_strategy(strategy)
-    entries = []  # (padding?, -key, segment, position, hit)
-    for seg, hits in enumerate(per_segment):
-        scores = []
-        for hit in hits:
-            s = hit.score
+    entries = []  # (padding?, -key, segment, position)
+    for seg, scores in enumerate(per_segment):
+        for pos, s in enumerate(scores):
             if isinstance(s, bool) or not isinstance(s, (int, float)) or math.isnan(s) or s < 0 or math.isinf(s):
-                raise InputError(f"hit scores must be finite numbers >= 0, got {s!r} (segment {seg}, chunk "
-                                 f"{hit.chunk_id})")
-            scores.append(float(s))
-        for pos, (key, hit) in enumerate(zip(merge_keys(scores, strategy), hits)):
-            entries.append((not hit.score > 0, -key, seg, pos, hit))
-    entries.sort(key=lambda e: e[:4])
-    return [dataclasses.replace(e[4], rank=rank) for rank, e in enumerate(entries[:k])]
+                raise InputError(f"hit scores must be finite numbers >= 0, got {s!r} (segment {seg}, position {pos})")
+        for pos, (key, s) in enumerate(zip(merge_keys([float(s) for s in scores], strategy), scores)):
+            entries.append((not s > 0, -key, seg, pos))
+    entries.sort()
+    return [(seg, pos) for _, _, seg, pos in entries[:k]]
+
+
+def merge_hits(per_segment: list[list[Hit]], k: int, strategy: str = "raw") -> list[Hit]:
+    """The global top k of the segments' rankings (each best first), `rank` renumbered 0..k-1 (`merge_order`
+    on the hits' scores). Fewer than k hits come back only when the segments hold fewer in all."""
+    order = merge_order([[hit.score for hit in hits] for hits in per_segment], k, strategy)
+    return [dataclasses.replace(per_segment[seg][pos], rank=rank) for rank, (seg, pos) in enumerate(order)]

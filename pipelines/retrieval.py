@@ -16,7 +16,10 @@ that segment's sub-keys and the provenance lookup; `rank_view` (one full forward
 obvious reference, and a test holds them to the same reads and rankings.
 
 idf. Each question token is weighted by its idf over the ingested chunks, log(1 + (N + 1) / (df + 1)) with df
-the number of chunks that contain the token (the index's `chunk_df`); the leading eos weighs 0.
+the number of chunks that contain the token (the index's `chunk_df`); the leading eos weighs 0. A segmented
+store counts N and df over all its segments (`idf_counts` adds them up, also across Ray actors), so a token
+weighs the same in every segment: measured at 128K tokens in 3 segments, 17 needles, hit@1 16/17 with each
+segment's own idf and 17/17 with the store's (docs/benchmarks.md, "Segments").
 
 Scores. A read (slot, weight) meets the slot's writers in the provenance table; a writer scores
 
@@ -124,11 +127,33 @@ def check_k(k) -> int:
 
 
 # ---- reads and idf ----------------------------------------------------------------------------------------------
+def idf_counts(views: Sequence[IndexView], ids: list[int]) -> tuple[int, Tensor]:
+    """(N, df (T,) int64): the chunks ingested by `views` together and, per question token, how many of them
+    contain it. Counts add over segments (and over Ray actors), so a store's idf is the same however it is
+    split."""
+    at = torch.as_tensor(ids, dtype=torch.long)
+    n, df = 0, torch.zeros(len(ids), dtype=torch.int64)
+    for view in views:
+        n += int(view.next_chunk)
+        df += view.chunk_df[at].long()
+    return n, df
+
+
+def idf_weight(n: int, df: Tensor) -> Tensor:
+    """(T,) the question tokens' weights from idf counts: log(1 + (N + 1) / (df + 1)), the leading eos 0."""
+    weight = torch.log1p((float(n) + 1.0) / (df.double() + 1.0)).float()
+    weight[0] = 0.0  # the leading eos is not part of the question
+    return weight
+
+
+def store_idf(views: Sequence[IndexView], ids: list[int]) -> Tensor:
+    """(T,) the question tokens' idf over all of `views` together (a segmented store's segments)."""
+    return idf_weight(*idf_counts(views, ids))
+
+
 def token_idf(view: IndexView, ids: list[int]) -> Tensor:
-    """(T,) idf of each question token over the ingested chunks: log(1 + (N + 1) / (df + 1))."""
-    n = float(view.next_chunk)
-    df = view.chunk_df[torch.as_tensor(ids, dtype=torch.long)].float()  # (T,)
-    return torch.log1p((n + 1.0) / (df + 1.0))
+    """(T,) idf of each question token over one view's chunks (the leading eos weighs 0)."""
+    return idf_weight(*idf_counts([view], ids))
 
 
 def question_memories(memories) -> tuple:
@@ -140,9 +165,11 @@ def question_memories(memories) -> tuple:
 
 
 @torch.no_grad()
-def read_question(index: MemoryIndex, query: str, view: Optional[IndexView] = None) -> QueryReads:
-    """The question's reads of `view`'s memories (default: the published view) and its tokens' idf: one full
-    forward over this view's memories (the slow, obvious path; `rank_views` is the fast one)."""
+def read_question(index: MemoryIndex, query: str, view: Optional[IndexView] = None,
+                  token_weight: Optional[Tensor] = None) -> QueryReads:
+    """The question's reads of `view`'s memories (default: the published view) and its tokens' weights
+    (`token_weight`, default their idf over this view): one full forward over this view's memories (the slow,
+    obvious path; `rank_views` is the fast one)."""
     start = time.perf_counter()
     ids = check_query(index.tok, query, index.settings.max_query_tokens)
     view = index.view if view is None else view
@@ -155,8 +182,7 @@ def read_question(index: MemoryIndex, query: str, view: Optional[IndexView] = No
     for slots, weights, _gate in out.memory_reads:  # (1, T, H, k) each
         T = slots.shape[1]
         reads.append((slots[0].reshape(T, -1).cpu(), weights[0].reshape(T, -1).float().cpu()))  # (T, J)
-    token_weight = token_idf(view, ids)
-    token_weight[0] = 0.0  # the leading eos is not part of the question
+    token_weight = token_idf(view, ids) if token_weight is None else token_weight
     return QueryReads(ids, reads, token_weight, time.perf_counter() - start)
 
 
@@ -241,13 +267,15 @@ class Ranked:
     reads: Optional[QueryReads] = None
 
 
-def rank_view(index: MemoryIndex, view: IndexView, query: str, k: int) -> Ranked:
+def rank_view(index: MemoryIndex, view: IndexView, query: str, k: int,
+              token_weight: Optional[Tensor] = None) -> Ranked:
     """The k best live chunks of one published view (no documents read: safe on any thread). `index` gives the
-    model, tokenizer and limits; the question must have passed `check_query` already."""
+    model, tokenizer and limits; the question must have passed `check_query` already. `token_weight`: the
+    question tokens' weights (a segmented store passes its store-wide idf), default their idf over this view."""
     table = view.provenance
     if k == 0 or table.n_chunks == 0 or not bool(table.alive.any()):
         return Ranked([], [])
-    q = read_question(index, query, view)
+    q = read_question(index, query, view, token_weight)
     q = dataclasses.replace(q, reads=q.reads[:SCORED_LAYERS])
     return _ranked(table, q, k)
 
@@ -312,12 +340,14 @@ def reads_against(q: Tensor, keys: Tensor, config) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def rank_views(model, views: Sequence[IndexView], ids: list[int], k: int, q: Optional[Tensor] = None) -> list[Ranked]:
+def rank_views(model, views: Sequence[IndexView], ids: list[int], k: int, q: Optional[Tensor] = None,
+               token_weight: Optional[Tensor] = None) -> list[Ranked]:
     """Every view's own top k for a question (checked token ids `ids`, eos first): the first FwPKM layer's
     queries computed once (`first_layer_queries`, or `q` when the caller has them), then per view only the
-    top-k against its sub-keys and the provenance lookup. Agrees with `rank_view` (one forward per view) on
-    reads and rankings (tests). Each view is ranked on its own, so any split of `views` over threads gives the
-    same results."""
+    top-k against its sub-keys and the provenance lookup. `token_weight` (T,): the question tokens' weights for
+    every view (a store's idf over all its segments), default each view's own idf. Agrees with `rank_view` (one
+    forward per view) on reads and rankings (tests). Each view is ranked on its own, so any split of `views`
+    over threads gives the same results."""
     if k == 0 or not views:
         return [Ranked([], []) for _ in views]
     start = time.perf_counter()
@@ -330,9 +360,8 @@ def rank_views(model, views: Sequence[IndexView], ids: list[int], k: int, q: Opt
             out.append(Ranked([], []))
             continue
         reads = [reads_against(q, view.keys[0], config)]
-        token_weight = token_idf(view, ids)
-        token_weight[0] = 0.0  # the leading eos is not part of the question
-        out.append(_ranked(table, QueryReads(ids, reads, token_weight, time.perf_counter() - start), k))
+        weight = token_idf(view, ids) if token_weight is None else token_weight
+        out.append(_ranked(table, QueryReads(ids, reads, weight, time.perf_counter() - start), k))
     return out
 
 

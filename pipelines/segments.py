@@ -15,8 +15,10 @@ table and its own document database of the text parts it holds) with an id and a
   `abort_write`), segments created by the call are dropped on failure, and the new list of segment views is
   published in one step (`StoreView`), so readers see all of a call or nothing of it.
 - A question fans out: its first-FwPKM-layer queries are computed once, then every segment ranks its top k on
-  its own published view (its sub-keys' top-k, its provenance: `rank_segments`), and `merge.merge_hits` merges
-  the lists by the store's `merge` strategy. `search_reference` is the slow, obvious path (a forward per segment).
+  its own published view (its sub-keys' top-k, its provenance: `rank_segments`), the question's tokens
+  weighted by their idf over the whole store, and `merge.merge_order` merges the lists by the store's `merge`
+  strategy; only the winners' documents are read (`merged_hits`). `search_reference` is the slow, obvious
+  path (a forward per segment).
 - A sealed segment keeps in RAM only what that ranking reads (`MemoryIndex.seal`): sub-keys, packed provenance
   of the scored layer, token counts; its memory states live on disk and are read back only for answers from
   memory and saving.
@@ -47,9 +49,10 @@ from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import dump_metadata
 from fwpkm_rag.pipelines.index import IndexView, MemoryIndex, progress_bar
-from fwpkm_rag.pipelines.merge import merge_hits
+from fwpkm_rag.pipelines.merge import merge_hits, merge_order
 from fwpkm_rag.pipelines.retrieval import (SCORED_LAYERS, Hit, Ranked, add_matches, check_k, check_query,
-                                           first_layer_queries, hits_of, rank_view, rank_views)
+                                           first_layer_queries, hits_of, idf_weight, rank_view, rank_views,
+                                           store_idf)
 from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
 
 SEARCH_THREADS = 2
@@ -416,7 +419,7 @@ class SegmentedIndex:
     def search(self, query: str, k: int, *, with_matches: bool = False, match_top: int = 8,
                strategy: Optional[str] = None) -> list[Hit]:
         """The k best live chunks for `query` over every segment (fewer only when the store holds fewer): each
-        segment ranks its own top k on its published view, in parallel, and `merge_hits` merges them by
+        segment ranks its own top k on its published view, in parallel, and `merge_order` merges them by
         `strategy` (default: the store's `merge`). Hits name their segment; ranks are global."""
         k = check_k(k)
         check_query(self.tok, query, self.settings.max_query_tokens)  # errors first, even on an empty store
@@ -425,15 +428,8 @@ class SegmentedIndex:
             if k == 0:
                 return []
             ranked = rank_segments(segments, query, k)
-            per_segment = [hits_of(sv.index, sv.view, db, r, segment=sv.id)
-                           for sv, r, db in zip(segments, ranked, dbs)]
-            merged = merge_hits(per_segment, k, self.settings.merge if strategy is None else strategy)
-            if with_matches:
-                where = {sv.id: (sv, r) for sv, r in zip(segments, ranked)}
-                for hit in merged:
-                    sv, r = where[hit.segment]
-                    add_matches(sv.view, r, hit, match_top)
-            return merged
+            return merged_hits(segments, dbs, ranked, k, self.settings.merge if strategy is None else strategy,
+                               with_matches=with_matches, match_top=match_top)
 
     def search_reference(self, query: str, k: int, *, strategy: Optional[str] = None) -> list[Hit]:
         """`search` by the slow, obvious path: one full forward of the question per segment over that segment's
@@ -441,7 +437,9 @@ class SegmentedIndex:
         k = check_k(k)
         check_query(self.tok, query, self.settings.max_query_tokens)
         with self.snapshot() as (view, dbs), torch.no_grad():
-            ranked = [rank_view(sv.index, sv.view, query, k) for sv in view.segments]
+            ids = check_query(self.tok, query, self.settings.max_query_tokens)
+            weight = store_idf([sv.view for sv in view.segments], ids)
+            ranked = [rank_view(sv.index, sv.view, query, k, weight) for sv in view.segments]
             per_segment = [hits_of(sv.index, sv.view, db, r, segment=sv.id)
                            for sv, r, db in zip(view.segments, ranked, dbs)]
             return merge_hits(per_segment, k, self.settings.merge if strategy is None else strategy)
@@ -504,25 +502,47 @@ class SegmentedIndex:
             return out
 
 
-def rank_segments(segments, query: str, k: int, threads: int = SEARCH_THREADS) -> list[Ranked]:
+def rank_segments(segments, query: str, k: int, threads: int = SEARCH_THREADS,
+                  idf: Optional[tuple] = None) -> list[Ranked]:
     """Each segment's own top k for `query` (checked already), by the fast path (`retrieval.rank_views`: the
     question's first-layer queries once, then per segment its sub-keys' top-k and its provenance), the segments
     split into `threads` runs of consecutive segments ranked on threads (torch releases the GIL in its ops).
+    The question's tokens weigh their idf over all of `segments` together, or over the counts `idf` = (N, df)
+    when given (a Ray actor holds only some of a store's segments: the driver sums every actor's counts).
     The local store and the Ray actors (distributed.py) both rank through here."""
     if not segments:
         return []
     first = segments[0].index
     ids = check_query(first.tok, query, first.settings.max_query_tokens)
     views = [sv.view for sv in segments]
+    weight = store_idf(views, ids) if idf is None else idf_weight(*idf)
     with torch.no_grad():
         q = first_layer_queries(first.model, ids) if k else None
     runs = min(threads, len(views) // MIN_SEGMENTS_PER_THREAD)
     if runs < 2:
-        return rank_views(first.model, views, ids, k, q)
+        return rank_views(first.model, views, ids, k, q, weight)
     bounds = [round(i * len(views) / runs) for i in range(runs + 1)]
     with ThreadPoolExecutor(max_workers=runs) as pool:
-        parts = pool.map(lambda ab: rank_views(first.model, views[ab[0]:ab[1]], ids, k, q), zip(bounds, bounds[1:]))
+        parts = pool.map(lambda ab: rank_views(first.model, views[ab[0]:ab[1]], ids, k, q, weight),
+                         zip(bounds, bounds[1:]))
         return [r for part in parts for r in part]
+
+
+def merged_hits(segments, dbs, ranked: list[Ranked], k: int, strategy: str, *, with_matches: bool = False,
+                match_top: int = 8) -> list[Hit]:
+    """The global top k of the segments' rankings (`merge.merge_order`), as Hits with global ranks: only the
+    winners' documents are read (through each segment's reader in `dbs`)."""
+    order = merge_order([r.scores for r in ranked], k, strategy)
+    hits = []
+    for rank, (seg, pos) in enumerate(order):
+        sv, r = segments[seg], ranked[seg]
+        one = Ranked([r.chosen[pos]], [r.scores[pos]], r.reads)
+        hit = hits_of(sv.index, sv.view, dbs[seg], one, segment=sv.id)[0]
+        hit.rank = rank
+        if with_matches:
+            add_matches(sv.view, r, hit, match_top)
+        hits.append(hit)
+    return hits
 
 
 def split_document(doc: chunking.ChunkedDocument, text: str, n_chunks: int):

@@ -18,7 +18,7 @@ needs_bm25 = pytest.mark.skipif(importlib.util.find_spec("rank_bm25") is None, r
 TINY = dict(lengths=(1024, 2048), items_per_length={1024: 1, 2048: 1}, distractors=2, capacity_loads=(0.0625,),
             capacity_queries=8, merge_segments={512: 2048}, merge_capacity_loads=(0.0625,),
             merge_capacity_segment=512, paraphrase_lengths=(1024,), paraphrase_items=1, paraphrase_segments=2,
-            store_lengths=(2048,), store_queries=3)
+            store_lengths=(2048,), store_distractors={2048: (2, 4)}, store_queries=3, store_capacity_loads=(0.0625,))
 
 
 @needs_bm25
@@ -49,8 +49,16 @@ def test_quick_run_writes_every_part(tmp_path, small_model):
     assert isinstance(res["store"], list)  # measured when the segmented store exists, [] (and said so) otherwise
     if S.segmented_store_available():
         store = [r for r in res["store"] if r["system"].startswith("store-seg")]
-        assert len(store) == 1 and {r["system"] for r in res["store"]} >= {"fwpkm", "bm25"}
-        assert store[0]["nbytes"] > 0 and store[0]["queries"] == TINY["store_queries"]
+        assert [r["distractors"] for r in store] == [2, 4] and {r["system"] for r in res["store"]} >= {"fwpkm", "bm25"}
+        # the item with more distractors asks every one of its needles
+        assert store[0]["queries"] == TINY["store_queries"] and store[1]["queries"] == 1 + 4
+        assert all(r["ingest_tok_s"] > 0 for r in store)
+        if "minilm-faiss-flat" in res["meta"]["systems"]:
+            assert sum(r["system"] == "minilm-faiss-flat" for r in res["store"]) == 2
+        cap = res["store_capacity"]
+        assert {r["system"] for r in cap} == {"bm25", f"store-seg{S.klabel(512)}"} and all(0 <= r["hit1"] <= 1 for r in cap)
+        assert "Capacity: near-duplicate facts in the segmented store" in (tmp_path / "segments.md").read_text()
+        assert store[0]["nbytes"] > 0
         assert store[0]["segments"] >= 3 and 0 < store[0]["sealed_bytes_per_token"] < store[0]["bytes_per_token"]
         assert store[0]["reference_p50_ms"] > 0 and store[0]["hit1"] <= store[0]["hit5"]
         assert sorted({x["segments"] for x in store[0]["replicas"]}) == list(S.QUICK["store_replicas"])

@@ -1,10 +1,11 @@
 """Issue 14, segments: a store as an ordered list of bounded memories (pipelines/segments.py), with a tiny model
 and a small `segment_tokens` so that several segments form in a second. References: each segment's own
-MemoryIndex ranked alone (`retrieval.rank_chunks`) and merged by hand, the documents as given, and a single
-memory fed the same parts."""
+MemoryIndex ranked alone (`retrieval.rank_view`, with the question's idf over the whole store) and merged by
+hand, the documents as given, and a single memory fed the same parts."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 from fwpkm_rag.errors import InputError, InputTypeError
 from fwpkm_rag.pipelines import FwPKMStore, MemoryIndex
-from fwpkm_rag.pipelines.retrieval import rank_chunks
+from fwpkm_rag.pipelines.retrieval import hits_of, rank_chunks, rank_view
 from test_reliability import assert_same, fingerprint
 
 torch.set_num_threads(1)
@@ -55,15 +56,34 @@ def part_texts(store: FwPKMStore, doc_id: str) -> list[str]:
     return out
 
 
+def store_token_weight(store: FwPKMStore, query: str) -> torch.Tensor:
+    """The question tokens' idf over the whole store, by hand: chunks and per-token chunk counts summed over
+    the segments, log(1 + (N + 1) / (df + 1)), the leading eos 0."""
+    ids = [store.index.tok.eos_id] + store.index.tok.encode(query)
+    n = sum(s.index.view.next_chunk for s in store.index.segments)
+    df = [sum(int(s.index.view.chunk_df[t]) for s in store.index.segments) for t in ids]
+    weight = torch.tensor([math.log1p((n + 1) / (d + 1)) for d in df], dtype=torch.float32)
+    weight[0] = 0.0
+    return weight
+
+
 def expected_merge(store: FwPKMStore, query: str, k: int) -> list[tuple]:
-    """The raw-score merge by hand: every segment's own ranking (its MemoryIndex alone), positive scores first
-    by score (ties: segment order, then rank), then the padding."""
+    """The raw-score merge by hand: every segment's own ranking (its MemoryIndex alone, one forward over its
+    memory, the question tokens weighted by the store-wide idf), positive scores first by score (ties: segment
+    order, then rank), then the padding."""
     entries = []
     for pos, segment in enumerate(store.index.segments):
-        for hit in rank_chunks(segment.index, query, k):
+        for hit in segment_ranking(store, segment, query, k):
             entries.append((not hit.score > 0, -hit.score, pos, hit.rank, segment.id, hit.chunk_id, hit.doc_id))
     entries.sort()
     return [(e[4], e[5], e[6]) for e in entries[:k]]
+
+
+def segment_ranking(store: FwPKMStore, segment, query: str, k: int) -> list:
+    """One segment's own top k as Hits: its MemoryIndex alone (one forward over its memory), the question's
+    tokens weighted by the store-wide idf."""
+    ranked = rank_view(segment.index, segment.index.view, query, k, store_token_weight(store, query))
+    return hits_of(segment.index, segment.index.view, None, ranked, segment=segment.id)
 
 
 # ---- 1. a document across segments ------------------------------------------------------------------------------
@@ -118,7 +138,7 @@ def test_a_needle_in_every_segment_is_found_through_the_merge(small_model):
     from fwpkm_rag.pipelines.merge import merge_hits
 
     q = "Vault saffron opens with code"
-    per_segment = [[(s.id, h) for h in rank_chunks(s.index, q, 3)] for s in store.index.segments]
+    per_segment = [[(s.id, h) for h in segment_ranking(store, s, q, 3)] for s in store.index.segments]
     for strategy in ("raw", "max", "rrf"):
         other = FwPKMStore(model=small_model, _index=store.index)
         hits = other.index.search(q, k=3, strategy=strategy)
@@ -130,6 +150,35 @@ def test_a_needle_in_every_segment_is_found_through_the_merge(small_model):
                       and x.score == h.score]
             ref_ids.append((sid, h.chunk_id))
         assert [(h.segment, h.chunk_id) for h in hits] == ref_ids and by_chunk
+
+
+def test_question_idf_counts_the_whole_store_whatever_its_segments(small_model):
+    """Documents of one chunk (never split): the store-wide idf counts (N, df) equal one memory's over the
+    same documents, and every segment's ranking uses those weights (not its own segment's)."""
+    from fwpkm_rag.pipelines.retrieval import idf_counts, store_idf
+    from fwpkm_rag.pipelines.segments import rank_segments
+
+    docs = [needle(i % len(COLOURS)) + " " + prose(2, i) for i in range(45)]  # one chunk each: never split
+    store, one = segmented(small_model), FwPKMStore(model=small_model, chunk_tokens=CHUNK)
+    store.add_texts(docs)
+    one.add_texts(docs)
+    assert len(store.index.segments) >= 3 and len(one.index.segments) == 1
+    assert all(len(parts) == 1 for parts in store.index.view.catalog.values())  # no document was split
+    for q in (needle_query(3), "golf hotel golf", "zulu"):
+        ids = [store.index.tok.eos_id] + store.index.tok.encode(q)
+        n, df = idf_counts([s.index.view for s in store.index.segments], ids)
+        n1, df1 = idf_counts([one.index.segments[0].index.view], ids)
+        assert n == n1 and df.tolist() == df1.tolist()
+        assert torch.allclose(store_idf([s.index.view for s in store.index.segments], ids),
+                              store_token_weight(store, q))
+        # the fast path ranks every segment with the store-wide weights: as the by-hand reference does
+        fast = rank_segments(store.index.view.segments, q, 8)
+        for segment, ranked in zip(store.index.segments, fast):
+            ref = segment_ranking(store, segment, q, 8)
+            assert ranked.chosen == [h.chunk_id for h in ref]
+            assert ranked.scores == pytest.approx([h.score for h in ref], rel=1e-4, abs=1e-6)
+    store.index.close()
+    one.index.close()
 
 
 def test_one_segment_ranks_exactly_like_the_memory_index_alone(small_model):

@@ -61,6 +61,7 @@ FULL = dict(
     store_replicas=(16, 64, 160),
     store_one_memory_max=131072,  # one memory at 1M: 12% needle hit@5 (docs/benchmarks.md); not re-measured
     store_dense="minilm-faiss-flat",  # the dense baseline beside the store (skipped when its extra is missing)
+    store_dense_max=1048576,  # ... up to this length (at 10M its embedding pass alone is ~25 min on one thread)
     store_capacity_loads=(1, 8, 64),  # x N/k facts, the store with its segment size vs BM25
 )
 QUICK = dict(
@@ -399,7 +400,7 @@ def _store_item(sset, model, cfg, segment_tokens, k, log, L, D, Built, chunk_ite
     queries = needle_queries(item, ch)[: max(cfg["store_queries"], 1 + D) if D > cfg["distractors"] else cfg["store_queries"]]
     base = dict(length_req=L, length=item.length, n_chunks=len(ch.chunks), distractors=D)
     only = ["bm25"] + ([FWPKM] if L <= cfg.get("store_one_memory_max", L) else [])
-    only += [cfg["store_dense"]] if cfg.get("store_dense") in sset.names else []
+    only += [cfg["store_dense"]] if cfg.get("store_dense") in sset.names and L <= cfg.get("store_dense_max", L) else []
     built = sset.build(ch.chunks, only=only)
     log(f"store {L:,} tokens, {D} distractors: baselines built ({time.perf_counter() - start:.0f} s)")
     t0 = time.perf_counter()

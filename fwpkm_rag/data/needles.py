@@ -328,11 +328,13 @@ def chunk_text(text: str, size: int, tokenizer=None) -> list[Chunk]:
         byte_cuts.append(byte_cuts[-1] + len(tok.decode_bytes(ids[a:b])))
     if byte_cuts[-1] != len(data):  # pragma: no cover - the tokenizer round-trips exactly
         raise InputError("tokenizer did not round-trip the text; cannot compute chunk offsets")
-    char_cuts = []
+    char_cuts, at_byte, at_char = [], 0, 0  # running offsets: linear in the text (a 10M-token haystack)
     for bc in byte_cuts:
         while 0 < bc < len(data) and (data[bc] & 0xC0) == 0x80:  # inside a multi-byte character
             bc += 1
-        char_cuts.append(len(data[:bc].decode("utf-8")))
+        at_char += len(data[at_byte:bc].decode("utf-8"))
+        at_byte = bc
+        char_cuts.append(at_char)
     chunks = []
     for i in range(len(cuts_tok) - 1):
         s, e = char_cuts[i], char_cuts[i + 1]

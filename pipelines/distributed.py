@@ -29,6 +29,10 @@ len, compact, rebuild, ...); `RayFwPKMStore` (pipelines/langchain/ray_store.py) 
   retried (`MAX_RESTARTS` times, then FwPKMError): nothing acknowledged is lost. Re-ingested segments are new
   memories of the same documents (rankings may differ from before the death, as after `rebuild`).
 
+- **The word layer** (`word_layer=True`, docs/addressing.md "In the store") is not supported: the constructor
+  (and so `load` of a store saved with it) raises ConfigError; pass `word_layer=False` to `load` to open such a
+  store with the lexical ranking only.
+
 No LangChain here; `ray` is imported on first use (`import fwpkm_rag.pipelines` never loads it).
 """
 from __future__ import annotations
@@ -41,7 +45,7 @@ import threading
 import time
 from typing import Iterable, Optional
 
-from fwpkm_rag.errors import FwPKMError, check_int
+from fwpkm_rag.errors import ConfigError, FwPKMError, check_int
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import dump_metadata
 from fwpkm_rag.pipelines.merge import merge_hits
@@ -265,6 +269,11 @@ class DistributedIndex:
         self.cpus_per_worker = cpus_per_worker
         settings = StoreSettings() if settings is None else settings
         self.settings = settings.replace(**settings_kwargs) if settings_kwargs else settings
+        if self.settings.word_layer:
+            raise ConfigError(
+                "word_layer=True is not supported by the Ray store yet: the fusion divides each source's scores by "
+                "its maximum over the whole store, which needs one more round over the actors per question; use "
+                "FwPKMStore(word_layer=True), or load the store with word_layer=False (lexical ranking only)")
         self.model = model
         self.lock = threading.RLock()  # one write (or save) at a time, like SegmentedIndex
         self._owns_ray = False

@@ -37,6 +37,14 @@ midway (bad input, a crash of the model, KeyboardInterrupt), rolls the documents
 the store is exactly as it was. Readers (searches, chat) take the current view and a read transaction of the
 documents under a short lock and never wait for a writer: they see the store before or after a write, never
 half of one. One writer at a time (`index.lock`).
+
+The word layer (`settings.word_layer`, docs/addressing.md "In the store"). The index then also owns a
+`WordLayer`: the core text of every chunk it registers is queued with the chunk's id and written in
+`prepare_write` (one write per call, so the layer's length normalisation sees the call's chunks together), on
+the transaction's private copy (`WordLayer.clone`, dropped on abort) published in the view (`IndexView.words`).
+Deletes change nothing in it: retrieval filters its scores by the index's alive flags. Sealing keeps it packed
+(`WordLayer.compacted`), its full table going to the database as the provenance's does; a rebuild re-adds the
+live chunks.
 """
 from __future__ import annotations
 
@@ -46,6 +54,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +69,7 @@ from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import DocStore, dump_metadata
 from fwpkm_rag.pipelines.provenance import CompactProvenance, ProvenanceTable
 from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
+from fwpkm_rag.pipelines.word_layer import WordLayer
 
 _KEEP = object()  # add(max_document_chars=...) not given: the index's own limit
 
@@ -76,6 +86,7 @@ class IndexView:
     version: int
     keys: tuple = ()  # (1, 2Hn, k_dim/2) sub-keys per FwPKM layer (sealed: the scored layers' only): all the
     # fast path reads of the memories
+    words: Optional[WordLayer] = None  # the word layer (settings.word_layer), or None
 
 
 class SpilledMemory:
@@ -185,6 +196,9 @@ class MemoryIndex:
         self._queue: Optional[chunking.TokenQueue] = None
         self._unwritten = _ChunkPositions()
         self._spill: Optional[SpilledMemory] = None  # the memory states on disk, once sealed
+        self.words: Optional[WordLayer] = WordLayer() if self.settings.word_layer else None
+        self._word_queue: list = []  # (core text, chunk id) of the chunks registered in the open transaction
+        self.words_rebuilt = False  # restore_state rebuilt the word layer from the stored chunks
         self.publish()
 
     # ---- published state (readers) --------------------------------------------------------------------------
@@ -201,7 +215,8 @@ class MemoryIndex:
         else:
             memory = tuple(self.cache.memory)
             keys = tuple(m.keys for m in memory)
-        return IndexView(memory, self.provenance, self.chunk_df, self.next_chunk, self.docs, version, keys)
+        return IndexView(memory, self.provenance, self.chunk_df, self.next_chunk, self.docs, version, keys,
+                         self.words)
 
     @property
     def position(self) -> int:
@@ -232,8 +247,10 @@ class MemoryIndex:
             raise RuntimeError("this segment is sealed: it takes deletes only (begin_write(light=True))")
         saved = {"cache": self.cache, "provenance": self.provenance, "chunk_df": self.chunk_df,
                  "next_chunk": self.next_chunk, "next_seq": self.next_seq, "tokens_ingested": self.tokens_ingested,
-                 "at_boundary": self.at_boundary}
+                 "at_boundary": self.at_boundary, "words": self.words}
         self.cache = self.cache.clone()
+        if self.words is not None:
+            self.words = self.words.clone()
         self.provenance = self.provenance.clone()
         self.chunk_df = self.chunk_df.clone()
         return saved
@@ -257,7 +274,8 @@ class MemoryIndex:
         """Resident bytes of the index: memory states + KV window + provenance table + token counts (sealed:
         sub-keys + packed provenance + token counts; the rest is on disk)."""
         memory = self._spill.nbytes() if self.sealed else self.cache.nbytes()
-        return memory + self.provenance.nbytes() + self.chunk_df.numel() * self.chunk_df.element_size()
+        words = self.words.nbytes() if self.words is not None else 0
+        return memory + self.provenance.nbytes() + self.chunk_df.numel() * self.chunk_df.element_size() + words
 
     def close(self) -> None:
         """Close the database and delete a sealed index's spilled memory folder (the index is unusable after)."""
@@ -281,8 +299,9 @@ class MemoryIndex:
             self._write_tables()
             self.docs.commit()
             compact = CompactProvenance.from_table(self.provenance, scored_layers)
+            words = self.words.compacted() if self.words is not None else None
             with self._publish_lock:
-                self._spill, self.cache = spill, None
+                self._spill, self.cache, self.words = spill, None, words
                 self.provenance, self.chunk_df = compact, self.chunk_df.to(torch.int32)
                 self.view = self._view(self.view.version + 1)
 
@@ -355,6 +374,10 @@ class MemoryIndex:
                 self._run(self._queue.rest(), bar)
             self._record(self.cache.flush())
             self._unwritten.clear()
+            if self._word_queue:
+                texts, ids = zip(*self._word_queue)
+                self.words.add(list(texts), list(ids))
+                self._word_queue = []
             self._sync_meta()
 
     def commit_write(self) -> None:
@@ -372,6 +395,7 @@ class MemoryIndex:
     def _end_write(self) -> None:
         self._writing, self._light, self._saved = False, False, None
         self._queue = None
+        self._word_queue = []
 
     def _register(self, doc_id: str, text: str, metadata: Optional[dict],
                   doc: Optional[chunking.ChunkedDocument] = None) -> tuple[np.ndarray, list[int], list[int]]:
@@ -388,6 +412,8 @@ class MemoryIndex:
         self.provenance.reserve(self.next_chunk)
         self.docs.add_document(doc_id, self.next_seq, meta_json,
                                [(first + idx, idx, txt, off, s, e) for idx, txt, off, s, e in doc.spans])
+        if self.words is not None:  # written in prepare_write, on the transaction's copy
+            self._word_queue += [(txt[off:], first + idx) for idx, txt, off, _, _ in doc.spans]
         self.next_seq += 1
         self.chunk_df += chunking.chunk_token_counts(doc.ids, self.settings.chunk_tokens, self.chunk_df.numel())
         return (np.append(doc.ids, np.int32(self.eos)), doc.core_starts,
@@ -485,7 +511,7 @@ class MemoryIndex:
             fresh = self.rebuilt(passes=passes)
             with self._publish_lock:
                 for name in ("cache", "provenance", "chunk_df", "docs", "next_chunk", "next_seq", "tokens_ingested",
-                             "at_boundary", "_spill"):
+                             "at_boundary", "_spill", "words"):
                     setattr(self, name, getattr(fresh, name))
                 self.view = self._view(self.view.version + 1)
             # the old database is removed when the last reader's view of it is gone (DocStore's finalizer)
@@ -505,6 +531,12 @@ class MemoryIndex:
         for name, tensor in self.provenance.tensors().items():
             self.docs.put_array(f"provenance.{name}", tensor)
         self.docs.put_array("chunk_df", self.chunk_df)
+        if self.words is not None and not self.words.compact:  # (a sealed segment's was written when it sealed)
+            tensors, meta = self.words.state()
+            for name, tensor in tensors.items():
+                self.docs.put_array(f"words.{name}", tensor)
+            # next_chunk: the chunk ids the saved layer covers (a later save without the layer leaves it stale)
+            self.docs.set_meta("words", {**meta, "next_chunk": self.next_chunk})
 
     def save_memory(self, folder: str) -> None:
         """The memory states and KV window into `folder` (memory-<i>.safetensors, kv.safetensors)."""
@@ -529,8 +561,28 @@ class MemoryIndex:
             self.tokens_ingested, self.at_boundary = counters["tokens_ingested"], counters["at_boundary"]
         except (KeyError, TypeError) as exc:
             raise StateFormatError(f"{source} lacks store counters or arrays: {exc}") from None
+        self.words = self._restore_words(source) if self.settings.word_layer else None
         self.cache = cache
         self.publish()  # what readers see: the loaded state
+
+    def _restore_words(self, source: str) -> WordLayer:
+        """The saved word layer, or (a snapshot saved without it, or one whose layer is stale) a layer rebuilt
+        from the stored chunks' texts, live chunks in id order, with a warning saying so."""
+        meta = self.docs.get_meta("words")
+        if meta is not None and meta.get("next_chunk") == self.next_chunk:
+            try:
+                return WordLayer.from_state({name: self.docs.get_array(f"words.{name}")
+                                             for name in ("chunk", "strength", "writes", "alive")}, meta)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StateFormatError(f"{source} holds a word layer that cannot be read: {exc}") from None
+        rows = self.docs.db.execute("SELECT chunk_id, text, core_offset FROM chunks ORDER BY chunk_id").fetchall()
+        why = "was saved without a word layer" if meta is None else "holds a word layer older than its chunks"
+        warnings.warn(f"{source} {why}: rebuilding it from the {len(rows)} stored chunks (word_layer=True; "
+                      "deleted chunks' words are gone, so scores can differ slightly from the layer at ingest)")
+        words = WordLayer()
+        words.add([text[off:] for _, text, off in rows], [cid for cid, _, _ in rows])
+        self.words_rebuilt = True
+        return words
 
     # ---- documents ------------------------------------------------------------------------------------------
     def _sync_meta(self) -> None:

@@ -11,6 +11,9 @@ Layout of a store folder (store format version 2, docs/segments.md):
     DIR/seg-<id>-<uid>[-<stamp>]/      one segment: a version-1 snapshot folder, as single-memory stores wrote:
         manifest.json                  format name + version 1, model fingerprint, settings, sha256 of every file
         store.sqlite                   the segment's parts, chunks, counters, provenance table and token counts
+                                       (and, with word_layer=True, the word layer: arrays words.chunk /
+                                       .strength / .writes / .alive and meta "words": its config, counters and
+                                       the chunk ids it covers)
         memory-<i>.safetensors         the memory state of FwPKM layer i (`cache.save` / `model.load_cache`)
         kv.safetensors                 the sliding-window KV of every layer and the stream position
 
@@ -28,6 +31,15 @@ CURRENT naming a complete manifest whose files are all there: the previous one o
 modified) and that the model is the one the store was built with (ModelMismatchError otherwise). A version-1
 store (CURRENT naming one `snap-*` folder: one memory, no segments) loads as a one-segment store; its next
 save writes version 2.
+
+The word layer (docs/addressing.md, "In the store"). A store saved with `word_layer=True` records `word_layer`
+and `word_weight` in its manifest's settings (a store without it writes exactly the manifest of earlier
+versions; a library older than the word layer refuses a store with it: "unknown store settings"). The settings
+of the store's manifest (with the caller's overrides) decide: off, a segment's saved layer is ignored; on, each
+segment's layer is read back as saved, or, where a segment has none (a store saved without it: every store of
+earlier versions) or a stale one (saved by a later save without the layer), rebuilt from the segment's stored
+chunks with a warning (~100K tokens/s, no model); a sealed segment rebuilt so gets a new folder name, so the
+next save writes it with its layer.
 """
 from __future__ import annotations
 
@@ -43,7 +55,7 @@ from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines.docstore import DocStore
 from fwpkm_rag.pipelines.index import MemoryIndex
 from fwpkm_rag.pipelines.retrieval import SCORED_LAYERS
-from fwpkm_rag.pipelines.segments import Segment, SegmentedIndex
+from fwpkm_rag.pipelines.segments import Segment, SegmentedIndex, new_uid
 from fwpkm_rag.pipelines.settings import StoreSettings
 
 FORMAT_NAME = "fwpkm-store"
@@ -376,6 +388,8 @@ def load_segments(directory: str, entries: list, model, settings: StoreSettings,
             if entry["tombstones"]:
                 index.delete(entry["tombstones"])
             uid = entry["folder"].split("-")[2]
+            if index.words_rebuilt and entry["sealed"]:  # its folder lacks the layer: the next save writes it anew
+                uid = new_uid()
             segments[-1] = Segment(entry["id"], index, bool(entry["sealed"]), uid, tuple(entry["tombstones"]))
             if entry["sealed"]:  # compacted as it loads, so a large store never holds every segment whole
                 try:

@@ -18,7 +18,9 @@ table and its own document database of the text parts it holds) with an id and a
   its own published view (its sub-keys' top-k, its provenance: `rank_segments`), the question's tokens
   weighted by their idf over the whole store, and `merge.merge_order` merges the lists by the store's `merge`
   strategy; only the winners' documents are read (`merged_hits`). `search_reference` is the slow, obvious
-  path (a forward per segment).
+  path (a forward per segment). With `word_layer=True` each segment also scores the question by its word layer,
+  and the two sources are fused over the whole store before the merge (`fuse_words`, docs/addressing.md "In
+  the store").
 - A sealed segment keeps in RAM only what that ranking reads (`MemoryIndex.seal`): sub-keys, packed provenance
   of the scored layer, token counts; its memory states live on disk and are read back only for answers from
   memory and saving.
@@ -54,6 +56,7 @@ from fwpkm_rag.pipelines.retrieval import (SCORED_LAYERS, Hit, Ranked, add_match
                                            first_layer_queries, hits_of, idf_weight, rank_view, rank_views,
                                            store_idf)
 from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
+from fwpkm_rag.pipelines.word_layer import CANDIDATES, fuse_sources
 
 SEARCH_THREADS = 2
 """Threads that rank one question's segments (the issue's target machine has 2 cores)."""
@@ -423,26 +426,43 @@ class SegmentedIndex:
         `strategy` (default: the store's `merge`). Hits name their segment; ranks are global."""
         k = check_k(k)
         check_query(self.tok, query, self.settings.max_query_tokens)  # errors first, even on an empty store
+        strategy = self._strategy(strategy)
         with self.snapshot() as (view, dbs):
             segments = view.segments
             if k == 0:
                 return []
-            ranked = rank_segments(segments, query, k)
-            return merged_hits(segments, dbs, ranked, k, self.settings.merge if strategy is None else strategy,
-                               with_matches=with_matches, match_top=match_top)
+            if self.settings.word_layer:
+                ranked = fuse_words(segments, query, rank_segments(segments, query, max(k, CANDIDATES)), k,
+                                    self.settings.word_weight)
+            else:
+                ranked = rank_segments(segments, query, k)
+            return merged_hits(segments, dbs, ranked, k, strategy, with_matches=with_matches, match_top=match_top)
+
+    def _strategy(self, strategy: Optional[str]) -> str:
+        """The merge strategy of a search: the store's by default; with the word layer only "raw" (the fusion
+        normalises each source over the whole store already)."""
+        strategy = self.settings.merge if strategy is None else strategy
+        if self.settings.word_layer and strategy != "raw":
+            raise InputError(f"a store with word_layer=True ranks by the fusion of its sources over the whole store "
+                             f"(docs/addressing.md); the merge strategy can only be 'raw', got {strategy!r}")
+        return strategy
 
     def search_reference(self, query: str, k: int, *, strategy: Optional[str] = None) -> list[Hit]:
         """`search` by the slow, obvious path: one full forward of the question per segment over that segment's
         memories (`retrieval.rank_view`; a sealed segment's read back from disk). Tests hold `search` to it."""
         k = check_k(k)
         check_query(self.tok, query, self.settings.max_query_tokens)
+        strategy = self._strategy(strategy)
         with self.snapshot() as (view, dbs), torch.no_grad():
             ids = check_query(self.tok, query, self.settings.max_query_tokens)
             weight = store_idf([sv.view for sv in view.segments], ids)
-            ranked = [rank_view(sv.index, sv.view, query, k, weight) for sv in view.segments]
+            depth = max(k, CANDIDATES) if self.settings.word_layer and k else k
+            ranked = [rank_view(sv.index, sv.view, query, depth, weight) for sv in view.segments]
+            if self.settings.word_layer and k:
+                ranked = fuse_words(view.segments, query, ranked, k, self.settings.word_weight)
             per_segment = [hits_of(sv.index, sv.view, db, r, segment=sv.id)
                            for sv, r, db in zip(view.segments, ranked, dbs)]
-            return merge_hits(per_segment, k, self.settings.merge if strategy is None else strategy)
+            return merge_hits(per_segment, k, strategy)
 
     def memory_for(self, question: str) -> tuple:
         """The memories (one MemoryState per FwPKM layer, read only) that an answer from memory to `question`
@@ -526,6 +546,33 @@ def rank_segments(segments, query: str, k: int, threads: int = SEARCH_THREADS,
         parts = pool.map(lambda ab: rank_views(first.model, views[ab[0]:ab[1]], ids, k, q, weight),
                          zip(bounds, bounds[1:]))
         return [r for part in parts for r in part]
+
+
+def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: float) -> list[Ranked]:
+    """Each segment's top k by the fusion of the lexical store and the word layer (docs/addressing.md, "How
+    layers are combined" and "In the store"): the lexical source is each segment's ranking `ranked` (its top
+    K >= k, positive scores only: chunks below K count 0 for it), the word source each segment's word layer
+    scores (deleted chunks filtered by the segment's alive flags; a word's idf counted over every segment's layer,
+    `word_layer.word_idf`); each source's scores are divided by its
+    maximum over ALL `segments`, the word layer's weighted `word_weight`, the lexical store's 1, and summed
+    (`word_layer.fuse_sources`). Per segment: fused scores best first (ties by chunk id), then live chunks that
+    scored for neither source (score 0, id order), k in all; the question's lexical reads are kept (matched
+    slots). The fused scores are comparable across segments, so a "raw" merge of these lists is the store's
+    global top k."""
+    lexical = [{c: s for c, s in zip(r.chosen, r.scores) if s > 0} for r in ranked]
+    layers = [sv.view.words for sv in segments if sv.view.words is not None]
+    words = [sv.view.words.scores(query, alive=sv.view.provenance.alive, idf_from=layers)
+             if sv.view.words is not None else {} for sv in segments]
+    out = []
+    for sv, r, fused in zip(segments, ranked, fuse_sources([lexical, words], [1.0, word_weight])):
+        chosen = sorted(fused, key=lambda c: (-fused[c], c))[:k]
+        alive = sv.view.provenance.alive
+        if len(chosen) < k and alive.numel():
+            taken = torch.zeros_like(alive)
+            taken[torch.as_tensor(chosen, dtype=torch.long)] = True
+            chosen += torch.nonzero(alive & ~taken).flatten()[: k - len(chosen)].tolist()
+        out.append(Ranked(chosen, [fused.get(c, 0.0) for c in chosen], r.reads))
+    return out
 
 
 def merged_hits(segments, dbs, ranked: list[Ranked], k: int, strategy: str, *, with_matches: bool = False,

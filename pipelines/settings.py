@@ -6,11 +6,15 @@
 A snapshot's manifest records the settings that shape the index (`SNAPSHOT_FIELDS`: chunking, the model calls,
 the provenance table, reading passes); the limits and the progress bar are how one process uses the store and
 are not saved: a loaded store takes them from the caller (`FwPKMStore.load(dir, max_document_chars=...)`) or
-from the defaults. That keeps the manifest exactly as earlier versions wrote it.
+from the defaults. That keeps the manifest exactly as earlier versions wrote it. The word layer's settings
+(`WORD_FIELDS`) are recorded in a store's manifest only when the layer is on, so a store without it writes the
+manifest of earlier versions too.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -37,6 +41,15 @@ and 496 ms. Natural prose fills a memory far less densely than that task (one fa
 recall of natural-text entries held 97% at ~44K tokens and 94% at ~105K in one memory. Stores of dense fact
 lists should pass segment_tokens=16384."""
 
+WORD_FIELDS = ("word_layer", "word_weight")
+"""The word layer's settings (docs/addressing.md, "In the store"): in a store's manifest only when the layer is on."""
+
+DEFAULT_WORD_WEIGHT = 8.0
+"""Default `word_weight` (the lexical store's weight is 1): the weight chosen on the dev split of the addressing
+task (`fwpkm-rag bench addressing`, results/addressing/addressing.json "weights": combined [1.0, 8.0]; grid 0-16
+and the word layer alone; dev recall@1 90.3% at weight 0, 97.7% at 1, 99.1% from 8 up; docs/benchmarks.md,
+"Addressing: words and meaning")."""
+
 MERGE_STRATEGIES = ("raw", "max", "rrf")
 """How the segments' rankings are merged (pipelines/merge.py): raw scores (default), per-segment max, or RRF."""
 
@@ -56,6 +69,13 @@ class StoreSettings:
     segment_tokens: stream tokens per segment (docs/segments.md): a segment holding this many is sealed and a new
         one opens; a longer document is split across segments at chunk boundaries. None: one unbounded segment.
     merge: how the segments' rankings are merged: "raw" scores (default), "max" (per-segment normalised), "rrf".
+    word_layer: also address every chunk by its words alone (a `WordLayer` per segment, docs/addressing.md "In
+        the store") and rank by the fusion of the two sources: each source's scores divided by its maximum over
+        the whole store for the question, the word layer weighted `word_weight`, the lexical store 1. Finds a
+        chunk by its words in another order; costs ~6.4 MB per open segment and a few bytes per token sealed.
+        Off by default. Needs merge="raw" (the fusion is the merge).
+    word_weight: the word layer's weight in the fusion (> 0; default 8, chosen on the addressing task's dev split:
+        `DEFAULT_WORD_WEIGHT`).
     """
 
     chunk_tokens: int = 256
@@ -68,6 +88,8 @@ class StoreSettings:
     max_document_chars: Optional[int] = DEFAULT_MAX_DOCUMENT_CHARS
     segment_tokens: Optional[int] = DEFAULT_SEGMENT_TOKENS  # measured: see DEFAULT_SEGMENT_TOKENS
     merge: str = "raw"
+    word_layer: bool = False
+    word_weight: float = DEFAULT_WORD_WEIGHT  # dev-chosen: see DEFAULT_WORD_WEIGHT
 
     def __post_init__(self) -> None:
         # Validated in the order earlier versions did, so a call with two bad values names the same one.
@@ -84,6 +106,16 @@ class StoreSettings:
         check_int("segment_tokens", self.segment_tokens, 2, optional=True)
         if not isinstance(self.merge, str) or self.merge not in MERGE_STRATEGIES:
             raise ConfigError(f"merge must be one of {', '.join(map(repr, MERGE_STRATEGIES))}, got {self.merge!r}")
+        if not isinstance(self.word_layer, bool):
+            raise ConfigError(f"word_layer must be True or False, got {self.word_layer!r}")
+        w = self.word_weight
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (math.isfinite(w) and w > 0):
+            raise ConfigError(f"word_weight must be a finite number > 0, got {w!r}")
+        object.__setattr__(self, "word_weight", float(w))
+        if self.word_layer and self.merge != "raw":
+            raise ConfigError(f"word_layer=True ranks by the fusion of the lexical and word scores over the whole "
+                              f"store (docs/addressing.md), which replaces the merge strategy: merge must be 'raw', "
+                              f"got {self.merge!r}")
 
     @classmethod
     def field_names(cls) -> frozenset:
@@ -99,13 +131,15 @@ class StoreSettings:
         return {name: getattr(self, name) for name in SNAPSHOT_FIELDS}
 
     def store_dict(self) -> dict:
-        """The settings a segmented store's manifest records (`STORE_FIELDS`)."""
-        return {name: getattr(self, name) for name in STORE_FIELDS}
+        """The settings a segmented store's manifest records (`STORE_FIELDS`, and `WORD_FIELDS` when the word
+        layer is on)."""
+        names = STORE_FIELDS + (WORD_FIELDS if self.word_layer else ())
+        return {name: getattr(self, name) for name in names}
 
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any], **overrides: Any) -> "StoreSettings":
         """Settings from a manifest's `settings` entry, with `overrides` (any field) on top."""
-        unknown = set(saved) - set(STORE_FIELDS)
+        unknown = set(saved) - set(STORE_FIELDS) - set(WORD_FIELDS)
         if unknown:
             raise ConfigError(f"unknown store settings in the snapshot: {sorted(unknown)}")
         return cls(**{**saved, **overrides})

@@ -25,9 +25,17 @@ Scores (``scores``). A question's distinct units read their k slots; a writer c 
 summed over units and slots, where idf comes from a count-min estimate of the unit's document frequency: the
 fewest write events over the unit's k slots (collisions only ever add to a slot's count, so the least
 crowded slot is the closest upper bound of the true df). Scores are {chunk id: score > 0}.
+
+Inside the store (``FwPKMStore(word_layer=True)``, docs/addressing.md "In the store"): every segment's
+``MemoryIndex`` owns one layer, written with the segment's chunk ids; a write call works on a ``clone()``
+(dropped if the call fails), a sealed segment keeps the ``compacted()`` layer (filled entries only, as its
+provenance), deleted chunks are filtered by the segment's alive flags (``scores(question, alive=...)``), and
+``fuse_sources`` combines its scores with the lexical store's by the rule of docs/addressing.md.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import math
 import re
@@ -42,10 +50,14 @@ from torch import Tensor
 
 from fwpkm_rag.errors import ConfigError, InputError, InputTypeError, check_int
 from fwpkm_rag.kernels.product_key import product_key_topk, read_weights
-from fwpkm_rag.pipelines.provenance import ProvenanceTable
+from fwpkm_rag.pipelines.provenance import CompactProvenance, ProvenanceTable
 
 _WORD = re.compile(r"\w+")
 UNITS = ("word", "token")
+
+CANDIDATES = 50
+"""The lexical store's candidate depth in the fusion (docs/addressing.md): each segment's top K = max(k, 50) by
+the store's own ranking; chunks below it count 0 for the lexical source, as in any score fusion."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +153,8 @@ class WordLayer:
         chunk_ids: ints >= 0, dense like the store's (liveness is one flag per id up to the largest); writing
         an id again adds to its strengths, as a chunk written in two pieces would."""
         texts, ids = _check_add(chunk_texts, chunk_ids)
+        if self.compact:
+            raise RuntimeError("a compacted word layer is read-only (a sealed segment's)")
         if not texts:
             return
         c = self.config
@@ -165,30 +179,79 @@ class WordLayer:
         self.table.record(0, slots[r], chunk, strength)
 
     # ---- reads --------------------------------------------------------------------------------------------
-    def scores(self, question: str) -> dict[int, float]:
-        """{chunk id: score > 0} for the question (read-only)."""
+    def scores(self, question: str, alive: Optional[Tensor] = None,
+               idf_from: Optional[Sequence["WordLayer"]] = None) -> dict[int, float]:
+        """{chunk id: score > 0} for the question (read-only). `alive`: (n,) bool flags of the chunk ids that
+        may score (a store passes its segment's, so deleted chunks never score), on top of the layer's own.
+        `idf_from`: the layers whose chunks the units' idf counts (a store's segments: `word_idf`), default this
+        one."""
         if not isinstance(question, str):
             raise InputTypeError(f"the question must be a str, got {type(question).__name__}")
         units = sorted(set(self.units(question)))
         if not units or self.n_chunks == 0:
             return {}
         c, table = self.config, self.table
+        if alive is not None and alive.numel() < table.n_chunks:
+            raise InputError(f"alive has {alive.numel()} flags, the layer holds chunk ids up to {table.n_chunks - 1}")
         slots, weights = self.address(units)  # (U, k)
-        writes = table.writes[0][slots]  # (U, k) write events of each slot read
-        df = writes.min(dim=1).values  # (U,) count-min estimate of the unit's document frequency
-        n = float(self.n_chunks)
-        idf = torch.log1p((n - df + 0.5).clamp_min(0) / (df + 0.5))  # (U,) BM25's idf
-        chunk = table.chunk[0, slots].long()  # (U, k, m)
-        strength = table.strength[0, slots].float()  # (U, k, m)
-        valid = chunk >= 0
-        valid &= table.alive[chunk.clamp_min(0)]
-        contrib = (idf[:, None, None] * weights[..., None] * strength / (strength + c.saturation))[valid]  # (E,)
-        ids = chunk[valid]
+        idf = word_idf([self] if idf_from is None else idf_from, slots)  # (U,)
+        read = (idf[:, None] * weights).reshape(-1)  # (U*k,) idf x read weight of each slot read
+        # every writer of the slots read, slot by slot (a full table or a sealed segment's packed one alike)
+        which, ids, strength = table.entries(0, slots.reshape(-1))  # (E,) each
+        contrib = read[which] * strength / (strength + c.saturation)  # (E,)
+        valid = table.alive[ids]
+        if alive is not None:
+            valid &= alive[ids]
+        contrib, ids = contrib[valid], ids[valid]
         if not ids.numel():
             return {}
         uniq, inv = torch.unique(ids, return_inverse=True)
         total = torch.zeros(uniq.numel()).index_add_(0, inv, contrib)
         return {int(i): float(s) for i, s in zip(uniq.tolist(), total.tolist()) if s > 0}
+
+    # ---- the store's uses: transactions, sealing, persistence -------------------------------------------------
+    @property
+    def compact(self) -> bool:
+        """True once `compacted()`: read-only (a sealed segment's layer)."""
+        return isinstance(self.table, CompactProvenance)
+
+    def clone(self) -> "WordLayer":
+        """An independent copy to write on (a store's write call publishes it, or drops it on failure); the
+        sub-keys, which nothing writes, are shared."""
+        if self.compact:
+            raise RuntimeError("a compacted word layer is read-only (a sealed segment's)")
+        other = copy.copy(self)
+        other.table = self.table.clone()
+        return other
+
+    def compacted(self) -> "WordLayer":
+        """A read-only copy whose writers are packed back to back, filled entries only (`CompactProvenance`,
+        chunk ids in 16 bits below 65,536 chunks): what a sealed segment keeps. Scores are the same, to the bit
+        (the entries are read in the same order)."""
+        if self.compact:
+            return self
+        other = copy.copy(self)
+        other.table = CompactProvenance.from_table(self.table, 1)
+        return other
+
+    def state(self) -> tuple[dict, dict]:
+        """(tensors, meta): the provenance table's tensors and the counters and config, for a store's database.
+        The sub-keys and the queries are derived from the config's seed and need not be saved."""
+        if self.compact:
+            raise RuntimeError("a compacted word layer has no full table to save (save it before compacting)")
+        meta = {"config": dataclasses.asdict(self.config), "n_chunks": self.n_chunks, "n_units": self.n_units}
+        return dict(self.table.tensors()), meta
+
+    @classmethod
+    def from_state(cls, tensors: dict, meta: dict, tokenizer=None) -> "WordLayer":
+        """The layer `state()` described (equal tensors, equal scores)."""
+        layer = cls(WordLayerConfig(**meta["config"]), tokenizer=tokenizer)
+        table = ProvenanceTable.from_tensors(tensors)
+        if (table.n_layers, table.n_slots, table.per_slot) != (1, layer.config.n_slots, layer.config.per_slot):
+            raise InputError(f"the saved word layer's table has shape {tuple(table.chunk.shape)}, its config says "
+                             f"(1, {layer.config.n_slots}, {layer.config.per_slot})")
+        layer.table, layer.n_chunks, layer.n_units = table, int(meta["n_chunks"]), int(meta["n_units"])
+        return layer
 
     def nbytes(self) -> int:
         """Provenance table (writers, strengths, write counts, liveness) + sub-keys."""
@@ -206,3 +269,41 @@ def _check_add(chunk_texts, chunk_ids) -> tuple[list[str], list[int]]:
             raise InputTypeError(f"chunk text {i} is {type(t).__name__}, not str")
         check_int("chunk id", cid, 0, error=InputError)
     return texts, ids
+
+
+def word_idf(layers: Sequence[WordLayer], slots: Tensor) -> Tensor:
+    """(U,) BM25's idf of the units whose slots are `slots` (U, k), over the chunks of all `layers` together: N
+    = their chunks, df = the count-min estimate over the summed write events of each slot read (layers of one
+    config address a unit alike, so a slot counts the same units in each; sums of upper bounds bound the sum).
+    A store's segments pass all their layers, so a word weighs the same in every segment, as the lexical
+    question-token idf does (retrieval.store_idf). One layer: its own idf."""
+    first = layers[0]
+    for other in layers[1:]:
+        if other.config != first.config:
+            raise ConfigError("word layers of different configs address words differently; their idf cannot be shared")
+    writes = first.table.writes[0][slots]  # (U, k) write events of each slot read
+    for other in layers[1:]:
+        writes = writes + other.table.writes[0][slots]
+    df = writes.min(dim=1).values  # (U,) count-min estimate of the unit's document frequency
+    n = float(sum(layer.n_chunks for layer in layers))
+    return torch.log1p((n - df + 0.5).clamp_min(0) / (df + 0.5))  # (U,) BM25's idf
+
+
+def fuse_sources(sources: Sequence[Sequence[dict]], weights: Sequence[float]) -> list[dict]:
+    """One ranking out of several sources over a store's segments (docs/addressing.md, "How layers are
+    combined"): `sources[s][g]` = {chunk id: score > 0} of source s in segment g. Each source's scores are divided
+    by that source's maximum over EVERY segment (the store's best chunk scores 1 for it; a source that finds
+    nothing adds 0), weighted by `weights[s]` and summed per (segment, chunk), sources in order. Returns per
+    segment {chunk id: fused score > 0}."""
+    n_segments = len(sources[0]) if sources else 0
+    out: list[dict] = [{} for _ in range(n_segments)]
+    for per_segment, w in zip(sources, weights):
+        if len(per_segment) != n_segments:
+            raise InputError(f"every source needs one score dict per segment ({n_segments}), got {len(per_segment)}")
+        top = max((s for scores in per_segment for s in scores.values()), default=0.0)
+        if not top > 0 or w == 0:
+            continue
+        for fused, scores in zip(out, per_segment):
+            for c, s in scores.items():
+                fused[c] = fused.get(c, 0.0) + w * s / top
+    return [{c: s for c, s in fused.items() if s > 0} for fused in out]

@@ -420,29 +420,41 @@ class SegmentedIndex:
 
     # ---- reading --------------------------------------------------------------------------------------------
     def search(self, query: str, k: int, *, with_matches: bool = False, match_top: int = 8,
-               strategy: Optional[str] = None) -> list[Hit]:
+               strategy: Optional[str] = None, words: Optional[bool] = None) -> list[Hit]:
         """The k best live chunks for `query` over every segment (fewer only when the store holds fewer): each
         segment ranks its own top k on its published view, in parallel, and `merge_order` merges them by
-        `strategy` (default: the store's `merge`). Hits name their segment; ranks are global."""
+        `strategy` (default: the store's `merge`). Hits name their segment; ranks are global. `words`: fuse the
+        word layer's scores (default: when the store has the layer); False ranks by the lexical store alone."""
         k = check_k(k)
         check_query(self.tok, query, self.settings.max_query_tokens)  # errors first, even on an empty store
-        strategy = self._strategy(strategy)
+        fused = self._fused(words)
+        strategy = self._strategy(strategy, fused)
         with self.snapshot() as (view, dbs):
             segments = view.segments
             if k == 0:
                 return []
-            if self.settings.word_layer:
+            if fused:
                 ranked = fuse_words(segments, query, rank_segments(segments, query, max(k, CANDIDATES)), k,
                                     self.settings.word_weight)
             else:
                 ranked = rank_segments(segments, query, k)
             return merged_hits(segments, dbs, ranked, k, strategy, with_matches=with_matches, match_top=match_top)
 
-    def _strategy(self, strategy: Optional[str]) -> str:
+    def _fused(self, words: Optional[bool]) -> bool:
+        """Whether a search fuses the word layer: `words`, default the store's `word_layer`."""
+        if words is None:
+            return self.settings.word_layer
+        if not isinstance(words, bool):
+            raise InputTypeError(f"words must be True, False or None, got {type(words).__name__}")
+        if words and not self.settings.word_layer:
+            raise InputError("words=True needs a store built with word_layer=True")
+        return words
+
+    def _strategy(self, strategy: Optional[str], fused: bool) -> str:
         """The merge strategy of a search: the store's by default; with the word layer only "raw" (the fusion
         normalises each source over the whole store already)."""
         strategy = self.settings.merge if strategy is None else strategy
-        if self.settings.word_layer and strategy != "raw":
+        if fused and strategy != "raw":
             raise InputError(f"a store with word_layer=True ranks by the fusion of its sources over the whole store "
                              f"(docs/addressing.md); the merge strategy can only be 'raw', got {strategy!r}")
         return strategy
@@ -452,7 +464,7 @@ class SegmentedIndex:
         memories (`retrieval.rank_view`; a sealed segment's read back from disk). Tests hold `search` to it."""
         k = check_k(k)
         check_query(self.tok, query, self.settings.max_query_tokens)
-        strategy = self._strategy(strategy)
+        strategy = self._strategy(strategy, self.settings.word_layer)
         with self.snapshot() as (view, dbs), torch.no_grad():
             ids = check_query(self.tok, query, self.settings.max_query_tokens)
             weight = store_idf([sv.view for sv in view.segments], ids)

@@ -56,12 +56,16 @@ def test_tiny_run_writes_its_files(tmp_path, small_model):
     assert tuple(e["weights"]["combined"]) in {tuple(g["weights"]) for g in e["dev"]["grid_combined"]}
     # the word layer finds an entry by its own words in any order on this tiny collection
     assert e["test"]["word"]["shuffled"]["r5"] == 100.0
+    # and so does the store built with its word layer, searched as a user would (one ranking, one store)
+    assert e["test"]["store+words"]["shuffled"]["r5"] == 100.0
     systems = {r["system"] for r in res["needles"]}
-    assert systems == {"fwpkm", "word", "combined", "bm25"}
+    assert systems == {"fwpkm", "word", "combined", "store+words", "bm25"}
     assert all(r["task"] in ("exact", "paraphrase") for r in res["needles"])
     exact = [r for r in res["needles"] if r["system"] == "bm25" and r["task"] == "exact"]
     assert len(exact) == 1 + A.DISTRACTORS and sum(r["gold_needle"] for r in exact) == 1  # every needle asked
-    assert {"fwpkm", "word", "bm25", "combined"} <= set(e["cost"])
+    assert {"fwpkm", "word", "bm25", "combined", "store+words"} <= set(e["cost"])
+    # the store with its word layer holds the lexical store's bytes plus its word layers'
+    assert e["cost"]["store+words"]["bytes"] > e["cost"]["fwpkm"]["bytes"] > 0
     scale = res["scale"]
     assert {(r["n_entries"], r["system"]) for r in scale} == {(n, s) for n in (12, 24) for s in systems}
     assert "More entries in one memory" in (tmp_path / "addressing.md").read_text()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fwpkm_rag.errors import ConfigError, InputError
+from fwpkm_rag.errors import ConfigError, InputError, InputTypeError
 from fwpkm_rag.pipelines import FwPKMStore, MemoryIndex
 from fwpkm_rag.pipelines.settings import DEFAULT_WORD_WEIGHT, StoreSettings
 from fwpkm_rag.pipelines.word_layer import CANDIDATES, WordLayer, word_idf
@@ -260,10 +260,10 @@ def test_save_and_load_give_the_same_layers_and_rankings(small_model, tmp_path):
     # loaded with the layer off: the lexical ranking, exactly that of the same store without the layer
     off = FwPKMStore.load(tmp_path / "s", model=small_model, word_layer=False)
     assert all(sv.view.words is None for sv in off.index.view.segments)
-    lexical = results(off, QUERIES)
-    store.index.settings = store.settings.replace(word_layer=False)
-    assert results(store, QUERIES) == lexical != results(loaded, QUERIES)
-    store.index.settings = store.settings.replace(word_layer=True)
+    lexical = [[(h.segment, h.chunk_id, h.doc_id, round(h.score, 5)) for h in off.index.search(q, 5)] for q in QUERIES]
+    assert lexical == [[(h.segment, h.chunk_id, h.doc_id, round(h.score, 5)) for h in store.index.search(q, 5, words=False)]
+                       for q in QUERIES]
+    assert lexical != results(loaded, QUERIES)
     # a loaded store keeps ingesting exactly like the original
     for s in (store, loaded):
         s.add_texts([entry(30), entry(31)], ids=["n30", "n31"])
@@ -317,6 +317,13 @@ def test_word_settings_are_validated_and_the_ray_store_refuses_the_layer(small_m
     store.add_texts([entry(0)], ids=["e0"])
     with pytest.raises(InputError, match="only be 'raw'"):
         store.index.search("lantern", 3, strategy="max")
+    assert store.index.search("lantern", 3, words=False, strategy="max")  # the lexical ranking: any strategy
+    plain = FwPKMStore(model=small_model, chunk_tokens=CHUNK)
+    with pytest.raises(InputError, match="word_layer=True"):
+        plain.index.search("lantern", 3, words=True)
+    with pytest.raises(InputTypeError, match="words"):
+        store.index.search("lantern", 3, words="yes")
+    plain.close()
     assert store.similarity_search("lantern", k=0) == []
     store.close()
     from fwpkm_rag.pipelines.distributed import DistributedIndex

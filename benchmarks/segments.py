@@ -63,6 +63,7 @@ FULL = dict(
     store_dense="minilm-faiss-flat",  # the dense baseline beside the store (skipped when its extra is missing)
     store_dense_max=1048576,  # ... up to this length (at 10M its embedding pass alone is ~25 min on one thread)
     store_capacity_loads=(1, 8, 64),  # x N/k facts, the store with its segment size vs BM25
+    store_word_layer=False,  # the store parts measure FwPKMStore(word_layer=True) instead (--word-layer)
 )
 QUICK = dict(
     lengths=(2048, 4096),
@@ -352,17 +353,25 @@ def segmented_store_available() -> bool:
 
 
 class StoreSystem(FwPKMSystem):
-    """The segmented FwPKMStore behind the suite's add/search/nbytes calls."""
+    """The segmented FwPKMStore behind the suite's add/search/nbytes calls (``word_layer``: with its word layer,
+    docs/addressing.md "In the store")."""
 
-    def __init__(self, model, segment_tokens: int, chunk_size: int = CHUNK_SIZE, merge: str = "raw"):
+    def __init__(self, model, segment_tokens: int, chunk_size: int = CHUNK_SIZE, merge: str = "raw",
+                 word_layer: bool = False):
         from fwpkm_rag.pipelines import FwPKMStore
 
-        self.store = FwPKMStore(model=model, chunk_tokens=2 * chunk_size, segment_tokens=segment_tokens, merge=merge)
+        self.store = FwPKMStore(model=model, chunk_tokens=2 * chunk_size, segment_tokens=segment_tokens, merge=merge,
+                                **({"word_layer": True} if word_layer else {}))
         self.n = 0
 
     def nbytes(self) -> int:
         nb = getattr(self.store, "nbytes", None)
         return int(nb()) if callable(nb) else int(self.store.index.nbytes())
+
+
+def store_name(segment_tokens: int, cfg: dict) -> str:
+    """The segmented store's system name: store-seg64K, or store-seg64K+words with its word layer."""
+    return f"store-seg{klabel(segment_tokens)}" + ("+words" if cfg.get("store_word_layer") else "")
 
 
 def _latency(fn, queries) -> list[float]:
@@ -404,9 +413,9 @@ def _store_item(sset, model, cfg, segment_tokens, k, log, L, D, Built, chunk_ite
     built = sset.build(ch.chunks, only=only)
     log(f"store {L:,} tokens, {D} distractors: baselines built ({time.perf_counter() - start:.0f} s)")
     t0 = time.perf_counter()
-    store = StoreSystem(model, segment_tokens)
+    store = StoreSystem(model, segment_tokens, word_layer=cfg.get("store_word_layer", False))
     store.add(ch.chunks)
-    name = f"store-seg{klabel(segment_tokens)}"
+    name = store_name(segment_tokens, cfg)
     built[name] = Built(store, time.perf_counter() - t0, len(ch.chunks))
     log(f"store {L:,} tokens: segmented store built ({built[name].ingest_s:.0f} s)")
     rows = []
@@ -458,9 +467,9 @@ def run_store_capacity(sset: SystemSet, model, cfg: dict, segment_tokens: int, l
         asked = random.Random(F).sample(range(F), min(F, cfg["capacity_queries"]))
         base = dict(facts=F, load=F / nk, tokens=tokens, queries=len(asked))
         built = sset.build(chunks, only=("bm25",))
-        store = StoreSystem(model, segment_tokens)
+        store = StoreSystem(model, segment_tokens, word_layer=cfg.get("store_word_layer", False))
         store.add(chunks)
-        built[f"store-seg{klabel(segment_tokens)}"] = store
+        built[store_name(segment_tokens, cfg)] = store
         for name, system in built.items():
             system = getattr(system, "system", system)
             hits = [system.search(facts[i].question, 1)[0][0] == i for i in asked]
@@ -730,7 +739,7 @@ def report(res: dict) -> str:
 def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, threads: int = 1,
                        parts: Sequence[str] = PARTS, model=None, model_path: Optional[str] = None, k: int = 5,
                        lengths: Optional[Sequence[int]] = None, segment_tokens: Optional[int] = None,
-                       overrides: Optional[dict] = None) -> dict:
+                       overrides: Optional[dict] = None, word_layer: bool = False) -> dict:
     """Run the parts; write segments.json and segments.md to out_dir; return the results dict.
 
     ``segment_tokens`` sizes the store parts' segmented store (default: the store's default segment_tokens)."""
@@ -746,6 +755,8 @@ def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, t
     cfg = dict(QUICK if quick else FULL)
     if lengths:
         cfg["lengths"] = cfg["store_lengths"] = tuple(lengths)
+    if word_layer:  # the store with its word layer beside BM25 only (the other baselines do not change with it)
+        cfg.update(store_word_layer=True, store_dense=None, store_one_memory_max=0)
     cfg.update(overrides or {})
 
     log = run_logger(wall0)

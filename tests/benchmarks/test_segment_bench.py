@@ -66,6 +66,14 @@ def test_quick_run_writes_every_part(tmp_path, small_model):
         assert "repeated (latency only)" in (tmp_path / "segments.md").read_text()
 
 
+@needs_bm25
+def test_word_layer_run_measures_the_store_with_its_word_layer(tmp_path, small_model):
+    res = S.run_segments_bench(out_dir=str(tmp_path), quick=True, threads=1, model=small_model, overrides=TINY,
+                               segment_tokens=512, parts=["store-capacity"], word_layer=True)
+    assert {r["system"] for r in res["store_capacity"]} == {"bm25", f"store-seg{S.klabel(512)}+words"}
+    assert all(r["segments"] >= 1 and 0 <= r["hit1"] <= 1 for r in res["store_capacity"])
+
+
 def test_segments_cut_by_tokens_and_one_segment_ranks_like_one_store(small_model):
     from fwpkm_rag.data.needles import chunk_item, make_item
 

@@ -36,11 +36,16 @@ def _bench(args: argparse.Namespace) -> int:
 
         run_addressing_bench(out_dir=args.out, quick=args.quick, threads=args.threads, model_path=args.model)
         return 0
+    if args.suite == "ray":
+        from fwpkm_rag.benchmarks.ray_ingest import run_ray_bench
+
+        run_ray_bench(out_dir=args.out, quick=args.quick, threads=args.threads, model_path=args.model)
+        return 0
     if args.suite == "segments":
         from fwpkm_rag.benchmarks.segments import run_segments_bench
 
         run_segments_bench(out_dir=args.out, quick=args.quick, threads=args.threads, model_path=args.model,
-                           lengths=args.lengths, segment_tokens=args.segment_tokens,
+                           lengths=args.lengths, segment_tokens=args.segment_tokens, word_layer=args.word_layer,
                            **({"parts": args.parts} if args.parts else {}))
         return 0
     if args.suite in _SUITE_PARTS:
@@ -268,13 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-baseline", action="store_true", help="skip the MiniLM + FAISS comparison")
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="benchmarks (numbers go to a results folder)")
-    bench.add_argument("suite", choices=["memory", "ops", "niah", "retrieval", "answers", "capacity", "paraphrase", "cost", "load", "segments", "addressing"],
+    bench.add_argument("suite", choices=["memory", "ops", "niah", "retrieval", "answers", "capacity", "paraphrase", "cost", "load", "segments", "addressing", "ray"],
                        help="memory: capacity curve and per-token cost; ops: FwPKM kernels vs the naive torch path; "
                             "niah: needle-in-a-haystack answers generated from memory; retrieval: FwPKM vs vector-database RAG "
                             "and BM25 (needles, answers, capacity, paraphrase, cost; the last four also run alone); load: 8 reader threads x 1,000 "
                             "queries against one writer ingesting 1M tokens (errors, latency p50/p95/p99, writer tokens/s); segments: the "
                             "one-memory curve that sizes a segment, the merge strategies, the segmented store (issue 14); addressing: "
-                            "questions that reuse an entry's words in another order, the word layer, needles (issue 17)")
+                            "questions that reuse an entry's words in another order, the word layer, needles (issue 17); ray: the Ray "
+                            "store's ingest tokens/s with 1 and 2 workers vs the local store, and whether they answer alike (issue 14)")
     bench.add_argument("--out", default="results", help="results folder (default ./results)")
     bench.add_argument("--quick", action="store_true", help="small sweep, finishes in seconds")
     bench.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -288,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--systems", nargs="+", default=None, help="retrieval: systems to compare (default all installed): fwpkm, bm25, minilm-faiss-flat, minilm-faiss-hnsw, minilm-inmemory, minilm-chroma, and fwpkm-smollm2 (FwPKM on the frozen SmolLM2 backbone, docs/backbone.md; not in the default set)")
     bench.add_argument("--segment-tokens", type=int, default=None,
                        help="segments: segment size of the segmented store measured (default: the size the curve chooses)")
+    bench.add_argument("--word-layer", action="store_true",
+                       help="segments: measure the store with its word layer (FwPKMStore(word_layer=True))")
     bench.add_argument("--no-reader", action="store_true", help="answers: skip the SmolLM2 reader")
     bench.set_defaults(run=_bench)
     tr = sub.add_parser("train", help="train a model through its memory updates (resumable; CPU, CUDA or torchrun)")

@@ -56,7 +56,7 @@ from fwpkm_rag.pipelines.retrieval import (SCORED_LAYERS, Hit, Ranked, add_match
                                            first_layer_queries, hits_of, idf_weight, rank_view, rank_views,
                                            store_idf)
 from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
-from fwpkm_rag.pipelines.word_layer import CANDIDATES, fuse_sources
+from fwpkm_rag.pipelines.word_layer import CANDIDATES, fuse_sources, question_idf
 
 SEARCH_THREADS = 2
 """Threads that rank one question's segments (the issue's target machine has 2 cores)."""
@@ -564,16 +564,16 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
     """Each segment's top k by the fusion of the lexical store and the word layer (docs/addressing.md, "How
     layers are combined" and "In the store"): the lexical source is each segment's ranking `ranked` (its top
     K >= k, positive scores only: chunks below K count 0 for it), the word source each segment's word layer
-    scores (deleted chunks filtered by the segment's alive flags; a word's idf counted over every segment's layer,
-    `word_layer.word_idf`); each source's scores are divided by its
-    maximum over ALL `segments`, the word layer's weighted `word_weight`, the lexical store's 1, and summed
-    (`word_layer.fuse_sources`). Per segment: fused scores best first (ties by chunk id), then live chunks that
+    scores (deleted chunks filtered by the segment's alive flags; a word's idf counted over every segment's
+    layer, `word_layer.question_idf`); each source's scores are divided by its maximum over ALL `segments`, the
+    word layer's weighted `word_weight`, the lexical store's 1, and summed (`word_layer.fuse_sources`). Per segment: fused scores best first (ties by chunk id), then live chunks that
     scored for neither source (score 0, id order), k in all; the question's lexical reads are kept (matched
     slots). The fused scores are comparable across segments, so a "raw" merge of these lists is the store's
     global top k."""
     lexical = [{c: s for c, s in zip(r.chosen, r.scores) if s > 0} for r in ranked]
     layers = [sv.view.words for sv in segments if sv.view.words is not None]
-    words = [sv.view.words.scores(query, alive=sv.view.provenance.alive, idf_from=layers)
+    idf = question_idf(layers, query) if layers else None  # once per question, over every segment
+    words = [sv.view.words.scores(query, alive=sv.view.provenance.alive, idf=idf)
              if sv.view.words is not None else {} for sv in segments]
     out = []
     for sv, r, fused in zip(segments, ranked, fuse_sources([lexical, words], [1.0, word_weight])):

@@ -179,12 +179,11 @@ class WordLayer:
         self.table.record(0, slots[r], chunk, strength)
 
     # ---- reads --------------------------------------------------------------------------------------------
-    def scores(self, question: str, alive: Optional[Tensor] = None,
-               idf_from: Optional[Sequence["WordLayer"]] = None) -> dict[int, float]:
+    def scores(self, question: str, alive: Optional[Tensor] = None, idf: Optional[Tensor] = None) -> dict[int, float]:
         """{chunk id: score > 0} for the question (read-only). `alive`: (n,) bool flags of the chunk ids that
         may score (a store passes its segment's, so deleted chunks never score), on top of the layer's own.
-        `idf_from`: the layers whose chunks the units' idf counts (a store's segments: `word_idf`), default this
-        one."""
+        `idf`: (U,) the idf of the question's distinct units in sorted order, counted over other chunks too (a
+        store's segments: `question_idf`), default over this layer's."""
         if not isinstance(question, str):
             raise InputTypeError(f"the question must be a str, got {type(question).__name__}")
         units = sorted(set(self.units(question)))
@@ -194,7 +193,10 @@ class WordLayer:
         if alive is not None and alive.numel() < table.n_chunks:
             raise InputError(f"alive has {alive.numel()} flags, the layer holds chunk ids up to {table.n_chunks - 1}")
         slots, weights = self.address(units)  # (U, k)
-        idf = word_idf([self] if idf_from is None else idf_from, slots)  # (U,)
+        if idf is None:
+            idf = word_idf([self], slots)  # (U,)
+        elif idf.shape != (len(units),):
+            raise InputError(f"idf has shape {tuple(idf.shape)}; the question has {len(units)} distinct units")
         read = (idf[:, None] * weights).reshape(-1)  # (U*k,) idf x read weight of each slot read
         # every writer of the slots read, slot by slot (a full table or a sealed segment's packed one alike)
         which, ids, strength = table.entries(0, slots.reshape(-1))  # (E,) each
@@ -287,6 +289,13 @@ def word_idf(layers: Sequence[WordLayer], slots: Tensor) -> Tensor:
     df = writes.min(dim=1).values  # (U,) count-min estimate of the unit's document frequency
     n = float(sum(layer.n_chunks for layer in layers))
     return torch.log1p((n - df + 0.5).clamp_min(0) / (df + 0.5))  # (U,) BM25's idf
+
+
+def question_idf(layers: Sequence[WordLayer], question: str) -> Tensor:
+    """(U,) the idf of the question's distinct units (sorted, as `scores` orders them) over the chunks of all
+    `layers` (`word_idf`): computed once per question for a store, then passed to each layer's `scores`."""
+    first = layers[0]
+    return word_idf(layers, first.address(sorted(set(first.units(question))))[0])
 
 
 def fuse_sources(sources: Sequence[Sequence[dict]], weights: Sequence[float]) -> list[dict]:

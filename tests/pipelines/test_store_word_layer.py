@@ -17,7 +17,7 @@ import torch
 from fwpkm_rag.errors import ConfigError, InputError, InputTypeError
 from fwpkm_rag.pipelines import FwPKMStore, MemoryIndex
 from fwpkm_rag.pipelines.settings import DEFAULT_WORD_WEIGHT, StoreSettings
-from fwpkm_rag.pipelines.word_layer import CANDIDATES, WordLayer, word_idf
+from fwpkm_rag.pipelines.word_layer import CANDIDATES, WordLayer, question_idf, word_idf
 from test_reliability import assert_same, fingerprint
 from test_segments import prose, segment_ranking, store_token_weight
 
@@ -148,6 +148,7 @@ def test_fused_ranking_equals_the_rule_by_hand_across_segments(small_model):
     n = sum(w.n_chunks for w in layers)
     df = [min(sum(float(w.table.writes[0, int(s)]) for w in layers) for s in row) for row in slots]
     assert word_idf(layers, slots).tolist() == pytest.approx([math.log1p(max(n - d + 0.5, 0) / (d + 0.5)) for d in df])
+    assert question_idf(layers, "zulu Lantern lantern").tolist() == word_idf(layers, slots).tolist()  # sorted units
     # a weight of another value is applied as given
     store.index.settings = store.settings.replace(word_weight=0.5)
     q = shuffled(entry(7), 3)

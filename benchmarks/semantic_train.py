@@ -2,7 +2,9 @@
 
     python -m fwpkm_rag.benchmarks.semantic_train pairs        # mine the shipped pairs (once, offline)
     python -m fwpkm_rag.benchmarks.semantic_train train --objective st|distill [--steps N] [--out PATH]
-    python -m fwpkm_rag.benchmarks.semantic_train dev  [--weights PATH]
+           [--hard K --mine-every N --mine-depth D] [--slot-idf] [--saturation C] [--init PATH]
+    python -m fwpkm_rag.benchmarks.semantic_train dev  [--weights PATH]   # among the dev / all pair passages
+    python -m fwpkm_rag.benchmarks.semantic_train rescore --weights PATH --saturation C --out PATH
 
 Training pairs (``pairs``; fwpkm_rag/data/semantic_pairs.jsonl.gz). Offline text only: sentences of the
 project corpora's *train* split (fwpkm_rag.data.corpora), never the benchmark split, the paraphrase task's
@@ -30,6 +32,11 @@ top k of the k^2 candidates and multiplies by idf(slot)^2; the training score om
              sentence similarities (query vs the passage's sentence A, teacher temperature 0.05); reads are
              soft with a temperature that falls from tau_start to tau_end over the first 70% of the steps, and
              the last 30% use the straight-through hard read, so training ends at the read the layer does.
+
+Discrimination at scale (docs/addressing.md, "At scale"): `dev` reports recall among the 372 dev passages and
+among all 3,825 pair passages; `train --hard K` adds hard negatives mined by the layer itself (the real layer over
+all training passages ranks them for every training query every `--mine-every` steps), `--slot-idf` weighs the
+training score's slots by the layer's idf(slot)^2, `--saturation` sets the c of s / (s + c).
 """
 from __future__ import annotations
 
@@ -222,12 +229,13 @@ def book_probs(sub, topk: int, tau: float, mode: str):
     return hard + soft - soft.detach()
 
 
-def batch_scores(module, q_states, p_states, q_weight, tau: float, mode: str):
+def batch_scores(module, q_states, p_states, q_weight, tau: float, mode: str, slot_weight=None):
     """(Bq, Bp) training score of every question against every passage of the batch (module docstring).
 
     q_states: list of (Tq_i, dim); p_states: list of (Tp_j, dim); q_weight: list of (Tq_i,) idf of the tokens.
+    slot_weight: optional (n*n,) weight of every slot (slot i*n + j), multiplying its saturated strength, as the
+    layer's idf(slot)^2 does (`train --slot-idf` takes it from the layer over all training passages).
     """
-    from fwpkm_rag.pipelines.retrieval import SATURATION
 
     c = module.config
     n = c.n_keys
@@ -245,7 +253,9 @@ def batch_scores(module, q_states, p_states, q_weight, tau: float, mode: str):
     A = torch.nn.utils.rnn.pad_sequence(list(gp1.split(split)), batch_first=True)  # (Bp, Tmax*H, n)
     B = torch.nn.utils.rnn.pad_sequence(list(p2.split(split)), batch_first=True)  # (Bp, Tmax*H, n)
     S = A.transpose(1, 2) @ B  # (Bp, n, n)
-    sat = S / (S + SATURATION)
+    sat = S / (S + c.saturation)
+    if slot_weight is not None:
+        sat = sat * slot_weight.reshape(n, n)
     a = module.gates(qh) * torch.cat(q_weight)  # (Nq,) idf x gate
     qowner = torch.repeat_interleave(torch.arange(len(q_states)), torch.tensor([len(s) for s in q_states]))
     a = a / torch.zeros(len(q_states)).index_add(0, qowner, a).clamp_min(1e-9)[qowner]  # sums to 1 per question
@@ -285,8 +295,18 @@ def train(objective: str, steps: int = 400, batch: int = 32, lr: float = 3e-3, s
           n_keys: int = 128, heads: int = 2, k_dim: int = 64, topk: int = 8, tau_start: float = 1.0,
           tau_end: float = 0.1, teacher_tau: float = 0.05, max_pairs: int | None = None, log_every: int = 25,
           dev_every: int = 0, out: Path | None = None, command: str = "", sentences: bool = False,
-          sentence_weight: float = 1.0, negatives: int = 0, init: str | None = None):
-    """Train one addressing module with `objective` ("st" or "distill"); returns (module, history)."""
+          sentence_weight: float = 1.0, negatives: int = 0, init: str | None = None, hard: int = 0,
+          mine_every: int = 100, mine_depth: int = 20, dev_pool: str = "all", slot_idf: bool = False,
+          saturation: float = 0.5):
+    """Train one addressing module with `objective` ("st" or "distill"); returns (module, history).
+
+    hard > 0: every `mine_every` steps the current layer ranks all training passages for every training query
+    (`mine_hard_negatives`, the top `mine_depth` wrong passages kept); each step then adds, per query of the batch,
+    `hard` passages drawn from its mined list to the batch's passages (shared by all queries, as the in-batch
+    negatives are), before the `negatives` random ones. slot_idf: the training score weighs every slot by its
+    idf(slot)^2 in the layer over all training passages (refreshed at every mining), as the layer's scoring does.
+    Dev recall is measured among the passages of `dev_pool`."""
+    from fwpkm_rag.pipelines.retrieval import slot_idf as slot_idf_of
     from fwpkm_rag.pipelines.semantic_layer import SemanticAddressing, SemanticConfig, sentence_rows
 
     if objective not in ("st", "distill"):
@@ -297,7 +317,8 @@ def train(objective: str, steps: int = 400, batch: int = 32, lr: float = 3e-3, s
     train_rows = [i for i, p in enumerate(pairs) if p["split"] == "train"][:max_pairs]
     q_idf = word_piece_idf(feats, 30522)
     module = SemanticAddressing(SemanticConfig(k_dim=k_dim, n_keys=n_keys, heads=heads, topk=topk,
-                                                       sentence_rows=sentences, sentence_weight=sentence_weight))
+                                                       sentence_rows=sentences, sentence_weight=sentence_weight,
+                                                       saturation=saturation))
     if init:  # continue from saved weights (same config)
         module.load_state_dict(SemanticAddressing.load(init).state_dict())
     else:
@@ -308,8 +329,21 @@ def train(objective: str, steps: int = 400, batch: int = 32, lr: float = 3e-3, s
     opt = torch.optim.Adam(list(module.parameters()) + [scale], lr=lr)
     rng = random.Random(seed)
     history = []
+    mined: dict = {}
+    slot_weight = None
     start = time.perf_counter()
     for step in range(steps):
+        if (hard or slot_idf) and step % mine_every == 0:
+            t0 = time.perf_counter()
+            layer = _cached_layer(module, feats, train_rows)
+            if hard:
+                mined = mine_hard_negatives(module, pairs, feats, train_rows, train_rows, mine_depth, layer=layer)
+            if slot_idf:
+                w2 = slot_idf_of(layer.table, 0).pow(2)
+                slot_weight = w2 / w2.mean()
+            del layer
+            _log(f"step {step}: mined {mine_depth if hard else 0} hard negatives of {len(mined)} queries"
+                 f"{', slot idf' if slot_idf else ''} in {time.perf_counter() - t0:.0f} s")
         frac = step / max(steps - 1, 1)
         if objective == "st":
             mode, tau = "st", tau_end
@@ -328,11 +362,12 @@ def train(objective: str, steps: int = 400, batch: int = 32, lr: float = 3e-3, s
                 w = torch.cat([w, torch.full((s.shape[0],), module.config.sentence_weight * float(w.mean()))])
             q_states.append(h)
             q_weight.append(w)
-        # the batch's passages, then `negatives` more passages that are nobody's answer (more to tell apart)
-        p_rows = rows + rng.sample([r for r in train_rows if r not in set(rows)], negatives)
+        # the batch's passages, then hard negatives mined by the layer and `negatives` random passages, none of
+        # them an answer to any query of the batch (more to tell apart)
+        p_rows = rows + batch_negatives(pairs, rows, mined, hard, negatives, train_rows, rng)
         p_states = [torch.cat([h.float(), sentence_rows(ids, h.float())]) if module.config.sentence_rows else h
                     for ids, h in (feats["passage"][r] for r in p_rows)]
-        score = batch_scores(module, q_states, p_states, q_weight, tau, mode)  # (B, B)
+        score = batch_scores(module, q_states, p_states, q_weight, tau, mode, slot_weight)  # (B, B + extra)
         logits = score / (score.detach().amax(-1, keepdim=True) + 1e-9) * scale.exp()
         if objective == "st":
             loss = F.cross_entropy(logits, torch.arange(batch))
@@ -345,40 +380,122 @@ def train(objective: str, steps: int = 400, batch: int = 32, lr: float = 3e-3, s
         opt.step()
         if step % log_every == 0 or step == steps - 1:
             with torch.no_grad():
-                hard = batch_scores(module, q_states, p_states, q_weight, 1.0, "hard")
-                acc = (hard.argmax(-1) == torch.arange(batch)).float().mean().item()
+                hard_score = batch_scores(module, q_states, p_states, q_weight, 1.0, "hard", slot_weight)
+                acc = (hard_score.argmax(-1) == torch.arange(batch)).float().mean().item()
             row = dict(step=step, loss=round(loss.item(), 4), tau=round(tau, 3), mode=mode, batch_hard_acc=acc,
                        seconds=round(time.perf_counter() - start, 1))
-            if dev_every and (step % dev_every == 0 or step == steps - 1):
+            # (a continuation skips step 0's dev: it is the --init weights' own, after one update)
+            if dev_every and ((step % dev_every == 0 and (step or not init)) or step == steps - 1):
                 row["dev_recall5"] = dev_recall(module, pairs, feats)["recall@5"]
+                if dev_pool == "all":
+                    row["dev_all_recall5"] = dev_recall(module, pairs, feats, pool="all")["recall@5"]
+                if out is not None and step < steps - 1:  # a checkpoint at every dev measurement
+                    module.save(out, metadata=dict(checkpoint_step=step, command=command))
             history.append(row)
             _log(json.dumps(row))
     if out is not None:
+        init_sha = hashlib.sha256(Path(init).read_bytes()).hexdigest() if init else ""
         module.save(out, metadata=dict(objective=objective, steps=steps, batch=batch, lr=lr, seed=seed,
-                                       tau_start=tau_start, tau_end=tau_end, pairs=str(PAIRS.name),
+                                       tau_start=tau_start, tau_end=tau_end, pairs=str(PAIRS.name), hard=hard,
+                                       negatives=negatives, mine_every=mine_every, mine_depth=mine_depth,
+                                       slot_idf=slot_idf, saturation=saturation, init=init or "",
+                                       init_sha256=init_sha,
                                        command=command, history=json.dumps(history[-3:])))
         _log(f"saved {out}")
     return module, history
 
 
-def dev_recall(module, pairs: list[dict], feats: dict, k: int = 5, per_slot: int = 32) -> dict:
-    """The real layer (hard reads, provenance table, retrieval.score_chunks) over the dev passages: recall@1/@k
-    of each dev query's own passage among all dev passages."""
+class _NoEncoder:  # the features are cached: a layer built on them never encodes
+    vocab_size = 30522
+
+
+def _cached_layer(module, feats: dict, rows: list[int], per_slot: int = 32):
+    """The real layer (hard reads, provenance table, retrieval.score_chunks) holding the cached passages `rows`,
+    each under its pair index as chunk id."""
     from fwpkm_rag.pipelines.semantic_layer import SemanticLayer
-
-    rows = [i for i, p in enumerate(pairs) if p["split"] == "dev"]
-
-    class _NoEncoder:  # the features are cached: the layer never encodes here
-        vocab_size = 30522
 
     layer = SemanticLayer(module, encoder=_NoEncoder(), per_slot=per_slot)
     layer.add_encoded([feats["passage"][r] for r in rows], rows)
+    return layer
+
+
+def batch_negatives(pairs: list[dict], rows: list[int], mined: dict, hard: int, negatives: int, pool: list[int],
+                    rng: random.Random) -> list[int]:
+    """Extra passages for a batch of queries `rows`: per query up to `hard` drawn from its mined hard negatives,
+    then `negatives` random passages of `pool`; no duplicates, none in `rows`, none a positive of any batch query."""
+    taken = set(rows)
+    out = []
+
+    def ok(r):
+        return r not in taken and not any(is_positive(pairs, q, r) for q in rows)
+
+    for q in rows:
+        cand = [r for r in mined.get(q, []) if ok(r)]
+        for r in rng.sample(cand, min(hard, len(cand))):
+            taken.add(r)
+            out.append(r)
+    rest = [r for r in pool if ok(r)]
+    for r in rng.sample(rest, min(negatives, len(rest))):
+        taken.add(r)
+        out.append(r)
+    return out
+
+
+def dev_recall(module, pairs: list[dict], feats: dict, k: int = 5, per_slot: int = 32, pool: str = "dev") -> dict:
+    """Recall@1/@k of each dev query's own passage, ranked by the real layer among the passages of `pool`: "dev"
+    (the dev pairs' passages) or "all" (every pair's passage, train and dev: the collapse at scale)."""
+    if pool not in ("dev", "all"):
+        raise ConfigError(f"pool must be 'dev' or 'all', got {pool!r}")
+    rows = [i for i, p in enumerate(pairs) if p["split"] == "dev"]
+    layer = _cached_layer(module, feats, rows if pool == "dev" else list(range(len(pairs))), per_slot)
     hit1 = hitk = 0
     for r in rows:
         got = [cid for cid, _ in _search_encoded(layer, feats["query"][r], k)]
         hit1 += bool(got) and got[0] == r
         hitk += r in got
-    return {"recall@1": round(hit1 / len(rows), 4), f"recall@{k}": round(hitk / len(rows), 4), "n": len(rows)}
+    return {"recall@1": round(hit1 / len(rows), 4), f"recall@{k}": round(hitk / len(rows), 4), "n": len(rows),
+            "passages": len(layer)}
+
+
+def is_positive(pairs: list[dict], query_row: int, passage_row: int) -> bool:
+    """Whether a passage answers a pair's query: its own passage, the same text, or another that holds its sentence
+    A (passages of neighbouring sentences of one paragraph overlap)."""
+    q, p = pairs[query_row], pairs[passage_row]
+    return passage_row == query_row or p["passage"] == q["passage"] or q["sentence"] in p["passage"]
+
+
+@torch.no_grad()
+def mine_hard_negatives(module, pairs: list[dict], feats: dict, queries: list[int], pool: list[int], depth: int,
+                        per_slot: int = 32, layer=None) -> dict:
+    """{query row: up to `depth` passage rows of `pool`, best first}: the passages the real layer (every pool passage
+    written, hard reads, retrieval.score_chunks) ranks highest (score > 0) for the query that are not its answer
+    (`is_positive`). What the layer confuses the query with at the scale of the whole pool. `layer`: that layer
+    already built (`_cached_layer(module, feats, pool)`)."""
+    layer = _cached_layer(module, feats, pool, per_slot) if layer is None else layer
+    ids = torch.tensor(layer.ids)
+    mined = {}
+    for q in queries:
+        s = layer.score_tensor(feats["query"][q], encoded=True)
+        top = torch.sort(-s, stable=True).indices[: depth + 8]
+        order = ids[top[s[top] > 0]].tolist()
+        mined[q] = [r for r in order if not is_positive(pairs, q, r)][:depth]
+    return mined
+
+
+def rescore(weights, saturation: float, out, command: str = "") -> None:
+    """Write `weights` again with the scoring saturation `saturation` (SemanticConfig.saturation): the same trained
+    slow weights, the layer's scores s / (s + saturation). The source's metadata is kept, each key prefixed
+    "trained_" (so its training command stays), with this command and the source's sha256."""
+    from fwpkm_rag.pipelines.semantic_layer import SemanticAddressing
+
+    module = SemanticAddressing.load(weights)
+    module.config.saturation = saturation
+    module.config.__post_init__()  # checks the new value
+    meta = {f"trained_{k}": v for k, v in module.metadata.items() if k != "config"}
+    meta.update(command=command, saturation=saturation, source=str(weights),
+                source_sha256=hashlib.sha256(Path(weights).read_bytes()).hexdigest())
+    module.save(out, metadata=meta)
+    _log(f"saved {out} (saturation {saturation})")
 
 
 def _search_encoded(layer, encoded, k):
@@ -412,13 +529,28 @@ def main(argv=None) -> int:
     t.add_argument("--tau-start", type=float, default=1.0)
     t.add_argument("--tau-end", type=float, default=0.1)
     t.add_argument("--dev-every", type=int, default=100)
+    t.add_argument("--log-every", type=int, default=25)
     t.add_argument("--sentences", action="store_true", help="also a row per sentence (its mean token state)")
     t.add_argument("--sentence-weight", type=float, default=1.0)
     t.add_argument("--negatives", type=int, default=0, help="extra in-batch passages per step")
+    t.add_argument("--hard", type=int, default=0, help="hard negatives per query per step, mined by the layer")
+    t.add_argument("--mine-every", type=int, default=100, help="steps between two minings of hard negatives")
+    t.add_argument("--mine-depth", type=int, default=20, help="wrong passages kept per query when mining")
+    t.add_argument("--saturation", type=float, default=0.5,
+                   help="c of the saturation s / (s + c), in the training score and in the trained layer's scores")
+    t.add_argument("--slot-idf", action="store_true",
+                   help="weigh slots by idf(slot)^2 of the layer over all training passages in the training score")
+    t.add_argument("--dev-pool", choices=("dev", "all"), default="all",
+                   help="also measure dev recall among all pair passages ('all') or only the dev ones")
     t.add_argument("--init", default=None, help="start from these weights")
     t.add_argument("--out", default=None)
     t.add_argument("--history", default=None, help="write the training curve (JSON) here")
-    d = sub.add_parser("dev", help="dev recall of saved weights (the real layer, hard reads)")
+    r = sub.add_parser("rescore", help="copy trained weights with another scoring saturation (no training)")
+    r.add_argument("--weights", required=True, help="the trained weights")
+    r.add_argument("--saturation", type=float, required=True)
+    r.add_argument("--out", required=True)
+    d = sub.add_parser("dev", help="dev recall of saved weights (the real layer, hard reads) among the dev passages "
+                                   "and among all pair passages")
     d.add_argument("--weights", default=None)
     args = ap.parse_args(argv)
     if args.cmd == "pairs":
@@ -428,17 +560,24 @@ def main(argv=None) -> int:
     elif args.cmd == "train":
         command = "python -m fwpkm_rag.benchmarks.semantic_train " + " ".join(argv if argv is not None else sys.argv[1:])
         module, history = train(args.objective, args.steps, args.batch, args.lr, args.seed, args.n_keys, args.heads,
-                                args.k_dim, args.topk, args.tau_start, args.tau_end, dev_every=args.dev_every,
+                                args.k_dim, args.topk, args.tau_start, args.tau_end, log_every=args.log_every, dev_every=args.dev_every,
                                 sentences=args.sentences, sentence_weight=args.sentence_weight,
-                                negatives=args.negatives, init=args.init,
+                                negatives=args.negatives, init=args.init, hard=args.hard,
+                                mine_every=args.mine_every, mine_depth=args.mine_depth, dev_pool=args.dev_pool,
+                                slot_idf=args.slot_idf, saturation=args.saturation,
                                 out=Path(args.out) if args.out else None, command=command)
         if args.history:
             Path(args.history).write_text(json.dumps(history, indent=1))
+    elif args.cmd == "rescore":
+        command = "python -m fwpkm_rag.benchmarks.semantic_train " + " ".join(argv if argv is not None else sys.argv[1:])
+        rescore(args.weights, args.saturation, args.out, command)
     elif args.cmd == "dev":
         from fwpkm_rag.pipelines.semantic_layer import SemanticAddressing
 
         pairs = load_pairs()
-        print(json.dumps(dev_recall(SemanticAddressing.load(args.weights), pairs, features(pairs))))
+        module, feats = SemanticAddressing.load(args.weights), features(pairs)
+        print(json.dumps({"dev passages": dev_recall(module, pairs, feats),
+                          "all pair passages": dev_recall(module, pairs, feats, pool="all")}))
     return 0
 
 

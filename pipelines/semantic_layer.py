@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from fwpkm_rag.errors import ConfigError, DuplicateIdError, InputError, InputTypeError, check_int
 from fwpkm_rag.kernels.product_key import product_key_topk, read_weights
 from fwpkm_rag.pipelines.provenance import ProvenanceTable
-from fwpkm_rag.pipelines.retrieval import score_chunks
+from fwpkm_rag.pipelines.retrieval import SATURATION, score_chunks, slot_idf
 
 def default_weights_path() -> Path:
     """The shipped trained weights: semantic_layer.safetensors in fwpkm_rag's data package (the command that
@@ -142,6 +142,7 @@ class SemanticConfig:
     eps: float = 1e-3  # IDW: -log(eps + ||q - K||^2)
     sentence_rows: bool = False  # also read/write one row per sentence (its mean token state)
     sentence_weight: float = 1.0  # a question's sentence row weighs this x its tokens' mean weight
+    saturation: float = SATURATION  # c of a slot strength's saturation s / (s + c) in the scores
 
     def __post_init__(self):
         check_int("dim", self.dim, 1)
@@ -153,6 +154,8 @@ class SemanticConfig:
         check_int("topk", self.topk, 1)
         if self.topk > self.n_keys:
             raise ConfigError(f"topk={self.topk} exceeds n_keys={self.n_keys}")
+        if not (isinstance(self.saturation, (int, float)) and self.saturation > 0):
+            raise ConfigError(f"saturation must be a number > 0, got {self.saturation!r}")
 
     @property
     def n_slots(self) -> int:
@@ -230,6 +233,21 @@ class SemanticAddressing(nn.Module):
 def idf(df: Tensor, n_chunks: int) -> Tensor:
     """log(1 + (N + 1) / (df + 1)): retrieval's question-token idf, here over word pieces."""
     return torch.log1p((n_chunks + 1.0) / (df.float() + 1.0))
+
+
+def score_saturated(table: ProvenanceTable, read: tuple, token_weight: Tensor, saturation: float) -> Tensor:
+    """`retrieval.score_chunks` of one layer's reads (slots (T, J), weights (T, J)) with another saturation constant:
+    per chunk sum over reads and writers of token weight x read weight x idf(slot)^2 x s / (s + saturation).
+    A sharper saturation (smaller constant) makes a slot count for a chunk that wrote it at all, however weakly:
+    what the semantic reads need among thousands of chunks (docs/addressing.md, "Meaning")."""
+    slots, weights = read
+    slots = slots.long()
+    r = (weights.float() * slot_idf(table, 0)[slots].pow(2) * token_weight.float()[:, None]).reshape(-1)  # (T*J,)
+    which, chunk, strength = table.entries(0, slots.reshape(-1))
+    contrib = r[which] * (strength / (strength + saturation))
+    alive = table.alive[chunk]
+    scores = torch.zeros(table.n_chunks).index_add_(0, chunk[alive], contrib[alive])
+    return scores.masked_fill(~table.alive, float("-inf")) if table.n_chunks else scores
 
 
 class SemanticLayer:
@@ -327,7 +345,10 @@ class SemanticLayer:
                 raise InputTypeError(f"the question must be a str, got {type(question).__name__}")
             return torch.zeros(0)
         reads, token_weight = self.reads_encoded(*question) if encoded else self.reads(question)
-        return score_chunks(self.table, reads, token_weight)
+        c = self.addressing.config.saturation
+        if c == SATURATION:
+            return score_chunks(self.table, reads, token_weight)
+        return score_saturated(self.table, reads[0], token_weight, c)
 
     def scores(self, question: str) -> dict:
         """{chunk_id: score} of the chunks the question reached (score > 0)."""

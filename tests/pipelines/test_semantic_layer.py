@@ -45,7 +45,7 @@ def small_layer(per_slot=64, n_keys=16, heads=2, topk=4):
 
 
 @torch.no_grad()
-def reference_scores(layer, question):
+def reference_scores(layer, question, saturation=SATURATION):
     """Loop reference of the layer's scoring: every chunk's writes summed per slot, then for every question read
     token weight x read weight x idf(slot)^2 x s/(s + SATURATION), as retrieval.score_chunks defines it."""
     enc, module = layer.encoder, layer.addressing
@@ -79,7 +79,7 @@ def reference_scores(layer, question):
                 s = strength.get((slot, n), 0.0)
                 if s > 0:
                     s = float(torch.tensor(s).half())  # the table stores strengths in fp16
-                    scores[n] += tw * float(weights[t, j]) * slot_idf ** 2 * s / (s + SATURATION)
+                    scores[n] += tw * float(weights[t, j]) * slot_idf ** 2 * s / (s + saturation)
     return scores
 
 
@@ -102,6 +102,24 @@ def test_scores_match_loop_reference(trained_like, question):
     torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-6)
     as_dict = trained_like.scores(question)
     assert as_dict == {10 * i: float(got[i]) for i in range(len(CHUNKS)) if got[i] > 0}
+
+
+@pytest.mark.parametrize("saturation", [0.05, 2.0])
+def test_other_saturation_matches_loop_reference(trained_like, saturation):
+    trained_like.addressing.config.saturation = saturation
+    for question in ("what colour is the old river crossing", "the cat pickles"):
+        got = trained_like.score_tensor(question)
+        want = torch.tensor(reference_scores(trained_like, question, saturation))
+        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_saturation_is_checked_and_defaults_to_the_stores():
+    from fwpkm_rag.errors import ConfigError
+
+    assert SemanticConfig().saturation == SATURATION
+    for bad in (0.0, -1.0, "0.5"):
+        with pytest.raises(ConfigError):
+            SemanticConfig(saturation=bad)
 
 
 def test_read_matches_kernel_reference():
@@ -285,3 +303,132 @@ def test_sentence_rows_are_read_and_written():
     reads, tw = layer.reads("the old bridge")
     assert reads[0][0].shape[0] == 3 + 1 and tw.shape == (4,)
     assert layer.table.writes.sum() > 0 and layer.scores("the old bridge")
+
+
+# ---- hard negatives mined by the layer (benchmarks/semantic_train.py) -------------------------------------------
+def synthetic_pairs(n=24, dim=12, seed=3):
+    """Pairs and cached features in the trainer's format; passage 1 also holds pair 0's sentence (a second
+    positive of query 0), passages 5 and 6 are the same text."""
+    gen = torch.Generator().manual_seed(seed)
+    pairs = []
+    for i in range(n):
+        sentence = f"sentence number {i} says something."
+        pairs.append(dict(query=f"query {i}", sentence=sentence, passage=f"before {i}. {sentence} after {i}.",
+                          split="dev" if i % 4 == 0 else "train"))
+    pairs[1]["passage"] = pairs[0]["sentence"] + " " + pairs[1]["passage"]
+    pairs[6]["passage"] = pairs[5]["passage"]
+
+    def enc(T):
+        return torch.randint(0, 300, (T,), generator=gen), torch.randn(T, dim, generator=gen).half()
+
+    feats = {"passage": [enc(12) for _ in range(n)], "query": [enc(5) for _ in range(n)]}
+    feats["passage"][6] = feats["passage"][5]
+    return pairs, feats
+
+
+def test_mined_hard_negatives_are_the_layers_best_wrong_passages():
+    from fwpkm_rag.benchmarks.semantic_train import _cached_layer, is_positive, mine_hard_negatives
+
+    pairs, feats = synthetic_pairs()
+    module = SemanticAddressing(SemanticConfig(dim=12, k_dim=8, n_keys=8, heads=2, topk=2))
+    with torch.no_grad():
+        module.gate.weight.normal_(0, 0.5)
+    pool = list(range(len(pairs)))
+    depth = 5
+    mined = mine_hard_negatives(module, pairs, feats, pool, pool, depth)
+    layer = _cached_layer(module, feats, pool)
+    assert set(mined) == set(pool)
+    for q, negs in mined.items():
+        s = layer.score_tensor(feats["query"][q], encoded=True)  # chunk ids are the pool rows, in order
+        assert q not in negs and len(set(negs)) == len(negs) <= depth
+        assert not any(is_positive(pairs, q, r) for r in negs)  # never the answer, never a passage holding it
+        got = [float(s[r]) for r in negs]
+        assert got == sorted(got, reverse=True) and all(v > 0 for v in got)
+        if len(negs) == depth:  # nothing left out outscores what was kept
+            rest = [float(s[r]) for r in pool if r not in negs and not is_positive(pairs, q, r)]
+            assert max(rest, default=0.0) <= min(got) + 1e-6
+    assert 1 not in mined[0]  # passage 1 holds query 0's sentence
+
+
+def test_is_positive_and_batch_negatives():
+    import random
+
+    from fwpkm_rag.benchmarks.semantic_train import batch_negatives, is_positive
+
+    pairs, _ = synthetic_pairs()
+    assert is_positive(pairs, 0, 0) and is_positive(pairs, 0, 1) and not is_positive(pairs, 1, 0)
+    assert is_positive(pairs, 5, 6) and is_positive(pairs, 6, 5)
+    pool = list(range(len(pairs)))
+    mined = {q: [r for r in reversed(pool) if not is_positive(pairs, q, r)][:6] for q in pool}
+    rng = random.Random(0)
+    for rows in ([0, 2, 5], [3, 7, 9, 11]):
+        extra = batch_negatives(pairs, rows, mined, 2, 4, pool, rng)
+        assert len(set(extra)) == len(extra) <= 2 * len(rows) + 4
+        assert not set(extra) & set(rows)
+        assert not any(is_positive(pairs, q, r) for q in rows for r in extra)
+    assert batch_negatives(pairs, [0], {}, 3, 0, pool, rng) == []  # nothing mined, no random ones asked
+
+
+def test_dev_recall_pools():
+    from fwpkm_rag.benchmarks.semantic_train import dev_recall
+    from fwpkm_rag.errors import ConfigError
+
+    pairs, feats = synthetic_pairs()
+    module = SemanticAddressing(SemanticConfig(dim=12, k_dim=8, n_keys=8, heads=2, topk=2))
+    small, big = dev_recall(module, pairs, feats), dev_recall(module, pairs, feats, pool="all")
+    n_dev = sum(p["split"] == "dev" for p in pairs)
+    assert small["passages"] == small["n"] == big["n"] == n_dev and big["passages"] == len(pairs)
+    assert 0 <= big["recall@1"] <= big["recall@5"] <= 1
+    with pytest.raises(ConfigError):
+        dev_recall(module, pairs, feats, pool="train")
+
+
+def test_training_score_slot_weight_is_per_slot_and_linear():
+    """batch_scores(slot_weight=W) = sum over slots s of W[s] x the score through slot s alone (slot i*n + j, the
+    kernels' numbering); all-ones W is the unweighted score."""
+    from fwpkm_rag.benchmarks.semantic_train import batch_scores
+
+    torch.manual_seed(1)
+    c = SemanticConfig(dim=12, k_dim=8, n_keys=5, heads=2, topk=2)
+    module = SemanticAddressing(c)
+    qs, ps, qw = [torch.randn(3, 12), torch.randn(2, 12)], [torch.randn(4, 12), torch.randn(3, 12)], \
+        [torch.rand(3) + 0.5, torch.rand(2) + 0.5]
+    with torch.no_grad():
+        plain = batch_scores(module, qs, ps, qw, 1.0, "hard")
+        torch.testing.assert_close(batch_scores(module, qs, ps, qw, 1.0, "hard", torch.ones(c.n_slots)), plain)
+        W = torch.rand(c.n_slots)
+        per_slot = torch.stack([batch_scores(module, qs, ps, qw, 1.0, "hard", torch.eye(c.n_slots)[s])
+                                for s in range(c.n_slots)])  # (n*n, Bq, Bp)
+        torch.testing.assert_close(batch_scores(module, qs, ps, qw, 1.0, "hard", W),
+                                   (W[:, None, None] * per_slot).sum(0), rtol=1e-5, atol=1e-7)
+        # a slot contributes only when it is in the k x k candidate grid (the training score's read) of a question
+        # token and of a passage token
+
+        def grid(h):
+            top = module.sub_scores(h).topk(c.topk, dim=-1).indices  # (T, H, 2, k)
+            return {int(i) * c.n_keys + int(j) for t in range(h.shape[0]) for hh in range(c.heads)
+                    for i in top[t, hh, 0] for j in top[t, hh, 1]}
+
+        q_slots = set().union(*(grid(h) for h in qs))
+        p_slots = [grid(h) for h in ps]
+    for s in range(c.n_slots):
+        for b in range(len(ps)):
+            if per_slot[s, :, b].abs().sum() > 0:
+                assert s in q_slots and s in p_slots[b]
+
+
+def test_rescore_keeps_the_weights_and_sets_the_saturation(tmp_path):
+    from fwpkm_rag.benchmarks.semantic_train import rescore
+    from fwpkm_rag.errors import ConfigError
+
+    module = small_layer().addressing
+    module.save(tmp_path / "a.safetensors", metadata={"command": "train it"})
+    rescore(tmp_path / "a.safetensors", 0.05, tmp_path / "b.safetensors", command="rescore it")
+    back = SemanticAddressing.load(tmp_path / "b.safetensors")
+    assert back.config.saturation == 0.05 and back.config.n_keys == module.config.n_keys
+    assert back.metadata["command"] == "rescore it" and back.metadata["trained_command"] == "train it"
+    for (name, a), (_, b) in zip(module.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ConfigError):
+        rescore(tmp_path / "a.safetensors", 0.0, tmp_path / "c.safetensors")
+    assert not (tmp_path / "c.safetensors").exists()

@@ -485,7 +485,7 @@ def run_store_capacity(sset: SystemSet, model, cfg: dict, segment_tokens: int, l
 def _replicated_latency(idx, questions: list, k: int, counts) -> list[dict]:
     """p50/p95 of the store's fast ranking (`segments.rank_segments`: every segment's top k, no documents read)
     over this store's sealed segments repeated to each count in `counts`, on 1 thread and on the store's
-    `SEARCH_THREADS` (latency only: the repeats rank the same chunks)."""
+    2 threads and the store's `SEARCH_THREADS` (latency only: the repeats rank the same chunks)."""
     from fwpkm_rag.pipelines.segments import SEARCH_THREADS, rank_segments
 
     sealed = [sv for sv in idx.view.segments if sv.sealed]
@@ -495,7 +495,7 @@ def _replicated_latency(idx, questions: list, k: int, counts) -> list[dict]:
     per_segment = sum(sv.index.tokens_ingested for sv in sealed) / len(sealed)
     for n in counts:
         views = [sealed[i % len(sealed)] for i in range(n)]
-        for threads in sorted({1, SEARCH_THREADS}):
+        for threads in sorted({1, 2, SEARCH_THREADS}):
             rank_segments(views, questions[0], k, threads)  # warm-up
             lat = _latency(lambda q: rank_segments(views, q, k, threads), questions)
             out.append(dict(segments=n, tokens=int(n * per_segment), threads=threads, p50_ms=quantile(lat, 0.5),

@@ -58,8 +58,11 @@ from fwpkm_rag.pipelines.retrieval import (SCORED_LAYERS, Hit, Ranked, add_match
 from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
 from fwpkm_rag.pipelines.word_layer import CANDIDATES, fuse_sources, question_idf
 
-SEARCH_THREADS = 2
-"""Threads that rank one question's segments (the issue's target machine has 2 cores)."""
+SEARCH_THREADS = 1
+"""Threads that rank one question's segments. One: a second thread never helped on the 2-core target machine
+(160 segments, p50 on 1 / 2 threads: 68 / 82 ms idle, 77-109 / 78-126 ms loaded; docs/benchmarks.md): the work
+per segment is dozens of small torch ops, bound by Python and the GIL. `rank_segments(threads=...)` keeps the
+split for machines where it pays."""
 
 MIN_SEGMENTS_PER_THREAD = 8
 """Fewer segments than this per thread are ranked on the caller's thread (a thread hand-off costs more)."""

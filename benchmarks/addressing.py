@@ -171,7 +171,8 @@ def build_sources(chunks: list[str], model, chunk_size: int, baselines: Sequence
 
     out: dict[str, Source] = {}
     ids = list(range(len(chunks)))
-    makers: list[tuple[str, Callable]] = [(FWPKM, lambda: WordStoreSystem(model, chunk_size=chunk_size)), ("word", WordLayer)]
+    makers: list[tuple[str, Callable]] = [(FWPKM, lambda: WordStoreSystem(model, chunk_size=chunk_size)),
+                                          ("word", WordLayer)]
     if semantic_make is not None:
         makers.append(("semantic", semantic_make))
     emb, enc_s = None, 0.0

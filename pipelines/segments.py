@@ -569,10 +569,10 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
     K >= k, positive scores only: chunks below K count 0 for it), the word source each segment's word layer
     scores (deleted chunks filtered by the segment's alive flags; a word's idf counted over every segment's
     layer, `word_layer.question_idf`); each source's scores are divided by its maximum over ALL `segments`, the
-    word layer's weighted `word_weight`, the lexical store's 1, and summed (`word_layer.fuse_sources`). Per segment: fused scores best first (ties by chunk id), then live chunks that
-    scored for neither source (score 0, id order), k in all; the question's lexical reads are kept (matched
-    slots). The fused scores are comparable across segments, so a "raw" merge of these lists is the store's
-    global top k."""
+    word layer's weighted `word_weight`, the lexical store's 1, and summed (`word_layer.fuse_sources`). Per
+    segment: fused scores best first (ties by chunk id), then live chunks that scored for neither source
+    (score 0, id order), k in all; the question's lexical reads are kept (matched slots). The fused scores are
+    comparable across segments, so a "raw" merge of these lists is the store's global top k."""
     lexical = [{c: s for c, s in zip(r.chosen, r.scores) if s > 0} for r in ranked]
     layers = [sv.view.words for sv in segments if sv.view.words is not None]
     idf = question_idf(layers, query) if layers else None  # once per question, over every segment

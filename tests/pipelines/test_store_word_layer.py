@@ -93,7 +93,8 @@ def fused_by_hand(store: FwPKMStore, query: str, k: int, weight: float = DEFAULT
     for pos, (s, lex, wd) in enumerate(zip(segments, lexical, words)):
         fused = {}
         for c in set(lex) | set(wd):
-            fused[c] = (lex.get(c, 0.0) / top_l if top_l > 0 else 0.0) + (weight * wd.get(c, 0.0) / top_w if top_w > 0 else 0.0)
+            lex_part = lex.get(c, 0.0) / top_l if top_l > 0 else 0.0
+            fused[c] = lex_part + (weight * wd.get(c, 0.0) / top_w if top_w > 0 else 0.0)
         alive = s.index.view.provenance.alive
         for c in range(alive.numel()):
             if bool(alive[c]):
@@ -226,8 +227,8 @@ def test_a_sealed_segment_keeps_the_layer_packed_with_the_same_scores(small_mode
     assert sealed
     for s in sealed:
         packed = s.index.view.words
-        full = WordLayer.from_state({n: s.index.docs.get_array(f"words.{n}") for n in ("chunk", "strength", "writes", "alive")},
-                                    s.index.docs.get_meta("words"))
+        saved = {n: s.index.docs.get_array(f"words.{n}") for n in ("chunk", "strength", "writes", "alive")}
+        full = WordLayer.from_state(saved, s.index.docs.get_meta("words"))
         assert packed.compact and not full.compact
         assert packed.nbytes() < full.nbytes() / 4  # filled entries only
         for q in (entry(1), "lantern quarry zulu", shuffled(entry(6), 2)):
@@ -261,9 +262,11 @@ def test_save_and_load_give_the_same_layers_and_rankings(small_model, tmp_path):
     # loaded with the layer off: the lexical ranking, exactly that of the same store without the layer
     off = FwPKMStore.load(tmp_path / "s", model=small_model, word_layer=False)
     assert all(sv.view.words is None for sv in off.index.view.segments)
-    lexical = [[(h.segment, h.chunk_id, h.doc_id, round(h.score, 5)) for h in off.index.search(q, 5)] for q in QUERIES]
-    assert lexical == [[(h.segment, h.chunk_id, h.doc_id, round(h.score, 5)) for h in store.index.search(q, 5, words=False)]
-                       for q in QUERIES]
+    def ranking(hits):
+        return [(h.segment, h.chunk_id, h.doc_id, round(h.score, 5)) for h in hits]
+
+    lexical = [ranking(off.index.search(q, 5)) for q in QUERIES]
+    assert lexical == [ranking(store.index.search(q, 5, words=False)) for q in QUERIES]
     assert lexical != results(loaded, QUERIES)
     # a loaded store keeps ingesting exactly like the original
     for s in (store, loaded):

@@ -115,12 +115,13 @@ def _ingest(args: argparse.Namespace) -> int:
         return _ingest_ray(args, limit)
     try:
         model = _load_model(args.model)
+        words = {"word_layer": True} if args.word_layer else {}
         if os.path.exists(os.path.join(args.store, "CURRENT")):
-            store = FwPKMStore.load(args.store, model=model, show_progress=True, max_document_chars=limit)
+            store = FwPKMStore.load(args.store, model=model, show_progress=True, max_document_chars=limit, **words)
             print(f"extending the store in {args.store} ({len(store)} documents)")
         else:
             store = FwPKMStore(model=model, chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap,
-                               show_progress=True, max_document_chars=limit)
+                               show_progress=True, max_document_chars=limit, **words)
         before, start = store.index.tokens_ingested, time.perf_counter()
         ids = store.add_files(args.paths, passes=args.passes)
         seconds = time.perf_counter() - start
@@ -150,7 +151,8 @@ def _ingest_ray(args: argparse.Namespace, limit) -> int:
     except ImportError as exc:
         return _fail(str(exc))
     model = _load_model(args.model) if args.model else None  # None: every actor loads the shipped model itself
-    ray_args = dict(num_workers=args.workers, address=args.address, threads=args.threads)
+    ray_args = dict(num_workers=args.workers, address=args.address, threads=args.threads,
+                    **({"word_layer": True} if args.word_layer else {}))  # refused with a clear ConfigError
     store = None
     try:
         if os.path.exists(os.path.join(args.store, "CURRENT")):
@@ -333,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "saved in the same format; 0 or 1 (default): in this process")
     ing.add_argument("--address", default=None,
                      help="--workers: a Ray cluster to join (e.g. auto or HOST:6379; default: start a local Ray)")
+    ing.add_argument("--word-layer", action="store_true",
+                     help="also address every chunk by its words alone (FwPKMStore(word_layer=True), docs/addressing.md): "
+                          "questions in another word order and dense lists of near-duplicate facts; a store saved "
+                          "without it gets it rebuilt (with a warning); not with --workers")
     ing.set_defaults(run=_ingest)
     ask = sub.add_parser("ask", help="retrieve chunks for a question from a store; a reader (SmolLM2) answers from them")
     ask.add_argument("question")

@@ -275,6 +275,19 @@ def test_corrupted_snapshots_and_wrong_models_give_clear_errors(small_model, tmp
         FwPKMStore.load(tmp_path / "s", model=small_model)
 
 
+def test_cli_ingest_word_layer_builds_a_store_with_its_word_layer(small_model, tmp_path):
+    from fwpkm_rag.cli import main
+
+    model_dir = tmp_path / "model"
+    small_model.save_pretrained(model_dir)
+    (tmp_path / "a.txt").write_text("Locker HF-871 holds 792905. Locker HF-879 holds 101010. " * 3)
+    common = ["--store", str(tmp_path / "store"), "--model", str(model_dir), "--threads", "1"]
+    assert main(["ingest", str(tmp_path / "a.txt"), "--word-layer"] + common) == 0
+    store = FwPKMStore.load(tmp_path / "store", model=small_model)
+    assert store.settings.word_layer and all(s.index.words is not None for s in store.index.segments)
+    store.close()
+
+
 def test_cli_ingest_and_ask(small_model, tmp_path):
     model_dir = tmp_path / "model"
     small_model.save_pretrained(model_dir)

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from fwpkm_rag.errors import ConfigError, StateFormatError
+from fwpkm_rag.modeling.cache import KV_FILE, MEMORY_FILE
 from fwpkm_rag.modeling.protocol import MemoryLM
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import DocStore, dump_metadata
@@ -89,17 +90,33 @@ class IndexView:
     words: Optional[WordLayer] = None  # the word layer (settings.word_layer), or None
 
 
+def link_or_copy(src: str, dst: str) -> None:
+    """A hard link of `src` at `dst`, or a copy when the file system refuses the link (another device)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 class SpilledMemory:
     """A sealed segment's memory states (and KV window) on disk, in a private folder in the format `cache.save`
     writes: a read-only sequence of MemoryStates, one per FwPKM layer, read back from the folder on each use
     (answers from memory, the reference path, saving) and never held. The folder goes with the last reference."""
 
-    def __init__(self, model: MemoryLM, cache, keys: tuple):
+    def __init__(self, model: MemoryLM, cache, keys: tuple, source: Optional[str] = None):
+        """`source`: a saved segment folder holding these very states (a store being loaded): its files are
+        hard-linked into the private folder (copied where the two are on different file systems) instead of
+        written again. A link shares the disk blocks, and the saved files are written once and never changed,
+        so a later save that removes the saved folder leaves this one whole."""
         self.model, self.keys = model, keys
         self.folder = tempfile.mkdtemp(prefix="fwpkm-sealed-")
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
         try:
-            cache.save(self.folder)
+            if source is None:
+                cache.save(self.folder)
+            else:
+                for name in [MEMORY_FILE.format(i) for i in range(len(cache.memory))] + [KV_FILE]:
+                    link_or_copy(os.path.join(source, name), os.path.join(self.folder, name))
         except BaseException:
             self._finalizer()
             raise
@@ -284,18 +301,19 @@ class MemoryIndex:
             self._spill.remove()
 
     # ---- sealing --------------------------------------------------------------------------------------------
-    def seal(self, scored_layers: int) -> None:
+    def seal(self, scored_layers: int, saved_folder: Optional[str] = None) -> None:
         """Keep in RAM only what retrieval reads (module docstring, "Sealing"): the memory states to a private
         folder, the full provenance table and counts to the database, then the first `scored_layers` layers'
         provenance packed. Only between write calls; after it, only deletes. Does nothing when sealed already;
-        a failure (e.g. a full disk) leaves the index as it was."""
+        a failure (e.g. a full disk) leaves the index as it was. `saved_folder`: the snapshot folder this index
+        was loaded from, whose memory files are linked rather than written again (`SpilledMemory`)."""
         with self.lock:
             if self.sealed:
                 return
             if self._writing:
                 raise RuntimeError("seal() inside an open write transaction")
             keys = tuple(m.keys for m in self.cache.memory[:scored_layers])  # the scored layers' sub-keys only
-            spill = SpilledMemory(self.model, self.cache, keys)
+            spill = SpilledMemory(self.model, self.cache, keys, saved_folder)
             self._write_tables()
             self.docs.commit()
             compact = CompactProvenance.from_table(self.provenance, scored_layers)

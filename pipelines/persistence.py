@@ -393,7 +393,7 @@ def load_segments(directory: str, entries: list, model, settings: StoreSettings,
             segments[-1] = Segment(entry["id"], index, bool(entry["sealed"]), uid, tuple(entry["tombstones"]))
             if entry["sealed"]:  # compacted as it loads, so a large store never holds every segment whole
                 try:
-                    index.seal(SCORED_LAYERS)
+                    index.seal(SCORED_LAYERS, saved_folder=folder)  # its memory files linked, not rewritten
                 except OSError:  # no room for the spill: stays whole; SegmentedIndex retries and warns
                     pass
     except BaseException:

@@ -566,6 +566,34 @@ def test_a_sealed_segment_keeps_in_ram_only_what_retrieval_reads(small_model):
     assert not os.path.exists(folder)  # the spilled states go with the last reference
 
 
+def test_a_loaded_sealed_segment_links_its_saved_memory_files(small_model, tmp_path):
+    """Loading does not write a sealed segment's memory states again: its private spill holds hard links to the
+    saved files (same inode), and the states read back equal the saved store's, also after the saved folder is
+    gone (a later save may remove it)."""
+    import shutil
+
+    store = segmented(small_model)
+    store.add_texts([prose(120, 300 + i) + " " + needle(i) for i in range(4)], ids=[f"d{i}" for i in range(4)])
+    assert sum(s.sealed for s in store.index.segments) >= 2
+    store.save(tmp_path / "s")
+    expected = {s.id: [m.values.rows.clone() for m in s.index.view.memory] for s in store.index.segments if s.sealed}
+    loaded = FwPKMStore.load(tmp_path / "s", model=small_model)
+    sealed = [s for s in loaded.index.segments if s.sealed]
+    assert len(sealed) == len(expected)
+    for segment in sealed:
+        spill = segment.index.view.memory
+        (saved,) = [p for p in (tmp_path / "s").iterdir() if p.is_dir() and p.name.endswith(segment.uid)]
+        for name in os.listdir(spill.folder):
+            assert os.stat(os.path.join(spill.folder, name)).st_ino == os.stat(saved / name).st_ino
+    shutil.rmtree(tmp_path / "s")
+    for segment in sealed:
+        got = [m.values.rows for m in segment.index.view.memory]  # read back from the links
+        assert all(torch.equal(a, b) for a, b in zip(got, expected[segment.id]))
+    assert loaded.search_with_provenance(needle_query(2), k=3)[0].doc_id == "d2"
+    loaded.close()
+    store.close()
+
+
 def test_segments_ranked_on_threads_rank_as_on_one(small_model, monkeypatch):
     from fwpkm_rag.pipelines import segments as seg_module
 

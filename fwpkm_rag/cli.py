@@ -152,7 +152,7 @@ def _ingest_ray(args: argparse.Namespace, limit) -> int:
         return _fail(str(exc))
     model = _load_model(args.model) if args.model else None  # None: every actor loads the shipped model itself
     ray_args = dict(num_workers=args.workers, address=args.address, threads=args.threads,
-                    **({"word_layer": True} if args.word_layer else {}))  # refused with a clear ConfigError
+                    **({"word_layer": True} if args.word_layer else {}))
     store = None
     try:
         if os.path.exists(os.path.join(args.store, "CURRENT")):
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--word-layer", action="store_true",
                      help="also address every chunk by its words alone (FwPKMStore(word_layer=True), docs/addressing.md): "
                           "questions in another word order and dense lists of near-duplicate facts; a store saved "
-                          "without it gets it rebuilt (with a warning); not with --workers")
+                          "without it gets it rebuilt (with a warning)")
     ing.set_defaults(run=_ingest)
     ask = sub.add_parser("ask", help="retrieve chunks for a question from a store; a reader (SmolLM2) answers from them")
     ask.add_argument("question")

@@ -29,9 +29,10 @@ len, compact, rebuild, ...); `RayFwPKMStore` (pipelines/langchain/ray_store.py) 
   retried (`MAX_RESTARTS` times, then FwPKMError): nothing acknowledged is lost. Re-ingested segments are new
   memories of the same documents (rankings may differ from before the death, as after `rebuild`).
 
-- **The word layer** (`word_layer=True`, docs/addressing.md "In the store") is not supported: the constructor
-  (and so `load` of a store saved with it) raises ConfigError; pass `word_layer=False` to `load` to open such a
-  store with the lexical ranking only.
+- **The word layer** (`word_layer=True`, docs/addressing.md "In the store"): each actor's segments keep their
+  word layers; a question takes three rounds — idf counts (the question tokens' and its words'), each actor's
+  maxima of the lexical and word scores, then each actor's fused top k with the store-wide idf and maxima — so
+  the ranking is the local store's over the same segments (tested against the saved store loaded locally).
 
 No LangChain here; `ray` is imported on first use (`import fwpkm_rag.pipelines` never loads it).
 """
@@ -45,7 +46,7 @@ import threading
 import time
 from typing import Iterable, Optional
 
-from fwpkm_rag.errors import ConfigError, FwPKMError, check_int
+from fwpkm_rag.errors import FwPKMError, InputError, check_int
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import dump_metadata
 from fwpkm_rag.pipelines.merge import merge_hits
@@ -182,31 +183,72 @@ class SegmentWorker:
         return self.index.next_segment
 
     # ---- reading -----------------------------------------------------------------------------------------
-    def idf_counts(self, query: str) -> tuple:
-        """(N, df per question token as a list) over this actor's segments: the driver adds every actor's
-        counts so that a question's tokens weigh their idf over the whole store, as in a local store."""
+    def idf_counts(self, query: str, words: bool = False) -> tuple:
+        """(N, df per question token as a list, word counts) over this actor's segments: the driver adds every
+        actor's counts so that a question's tokens weigh their idf over the whole store, as in a local store.
+        Word counts (`words`: the store has the word layer): (chunks, write events (U, k) of the slots the
+        question's distinct words read, as a list), or None."""
         from fwpkm_rag.pipelines.retrieval import check_query, idf_counts
+        from fwpkm_rag.pipelines.word_layer import question_word_counts
 
         idx = self.index
         ids = check_query(idx.tok, query, idx.settings.max_query_tokens)
-        n, df = idf_counts([sv.view for sv in idx.view.segments], ids)
-        return n, df.tolist()
+        views = [sv.view for sv in idx.view.segments]
+        n, df = idf_counts(views, ids)
+        layers = [v.words for v in views if v.words is not None]
+        word = None
+        if words and layers:
+            word_n, writes = question_word_counts(layers, query)
+            word = (word_n, writes.tolist())
+        return n, df.tolist(), word
 
-    def search(self, query: str, k: int, with_matches: bool, match_top: int, idf: Optional[tuple] = None) -> list:
-        """[(segment id, that segment's own top k as Hits)] for every segment of this actor, in order; the
-        question's tokens weighted by the store-wide idf counts `idf` = (N, df list) (default: this actor's)."""
+    def _ranked(self, view, query: str, k: int, idf, fusion) -> list:
+        """This actor's segments ranked: lexical top k, or with `fusion` = (word idf list, source maxima, word
+        weight) the fused top k (`segments.fuse_words`) from a lexical top max(k, CANDIDATES)."""
         import torch
 
-        from fwpkm_rag.pipelines.retrieval import check_query, hits_of
         from fwpkm_rag.pipelines.segments import rank_segments
+        from fwpkm_rag.pipelines.word_layer import CANDIDATES
+
+        counts = None if idf is None else (int(idf[0]), torch.as_tensor(idf[1], dtype=torch.int64))
+        with torch.no_grad():
+            if fusion is None:
+                return rank_segments(view.segments, query, k, idf=counts)
+            from fwpkm_rag.pipelines.segments import fuse_words
+
+            word_idf, tops, weight = fusion
+            ranked = rank_segments(view.segments, query, max(k, CANDIDATES), idf=counts)
+            word_idf = None if word_idf is None else torch.as_tensor(word_idf, dtype=torch.float32)
+            return fuse_words(view.segments, query, ranked, k, weight, word_idf=word_idf, tops=tops)
+
+    def source_maxima(self, query: str, k: int, idf: tuple, word_idf: Optional[list]) -> list:
+        """[lexical, word layer]: each source's maximum score over this actor's segments for the question (the
+        store-wide idf given), which the driver reduces to the store's maxima for the fusion."""
+        import torch
+
+        from fwpkm_rag.pipelines.segments import fusion_sources, rank_segments
+        from fwpkm_rag.pipelines.word_layer import CANDIDATES, source_maxima
+
+        idx = self.index
+        counts = (int(idf[0]), torch.as_tensor(idf[1], dtype=torch.int64))
+        with torch.no_grad():
+            segments = idx.view.segments
+            ranked = rank_segments(segments, query, max(k, CANDIDATES), idf=counts)
+            w = None if word_idf is None else torch.as_tensor(word_idf, dtype=torch.float32)
+            return source_maxima(fusion_sources(segments, query, ranked, w))
+
+    def search(self, query: str, k: int, with_matches: bool, match_top: int, idf: Optional[tuple] = None,
+               fusion: Optional[tuple] = None) -> list:
+        """[(segment id, that segment's own top k as Hits)] for every segment of this actor, in order; the
+        question's tokens weighted by the store-wide idf counts `idf` = (N, df list) (default: this actor's);
+        `fusion` = (word idf, source maxima, word weight): fused with the word layer over the whole store."""
+        from fwpkm_rag.pipelines.retrieval import check_query, hits_of
 
         idx = self.index
         k = check_k(k)
         check_query(idx.tok, query, idx.settings.max_query_tokens)
-        counts = None if idf is None else (int(idf[0]), torch.as_tensor(idf[1], dtype=torch.int64))
         with idx.snapshot() as (view, dbs):
-            with torch.no_grad():
-                ranked = rank_segments(view.segments, query, k, idf=counts) if k else [None] * len(dbs)
+            ranked = self._ranked(view, query, k, idf, fusion) if k else [None] * len(dbs)
             out = []
             for sv, db, r in zip(view.segments, dbs, ranked):
                 hits = [] if r is None else hits_of(sv.index, sv.view, db, r, segment=sv.id,
@@ -269,11 +311,6 @@ class DistributedIndex:
         self.cpus_per_worker = cpus_per_worker
         settings = StoreSettings() if settings is None else settings
         self.settings = settings.replace(**settings_kwargs) if settings_kwargs else settings
-        if self.settings.word_layer:
-            raise ConfigError(
-                "word_layer=True is not supported by the Ray store yet: the fusion divides each source's scores by "
-                "its maximum over the whole store, which needs one more round over the actors per question; use "
-                "FwPKMStore(word_layer=True), or load the store with word_layer=False (lexical ranking only)")
         self.model = model
         self.lock = threading.RLock()  # one write (or save) at a time, like SegmentedIndex
         self._owns_ray = False
@@ -487,18 +524,43 @@ class DistributedIndex:
         return self.memory_for("")
 
     def search(self, query: str, k: int, *, with_matches: bool = False, match_top: int = 8,
-               strategy: Optional[str] = None) -> list[Hit]:
-        """Every actor ranks each of its segments' top k; the driver merges them (merge_hits, segment-id order)."""
+               strategy: Optional[str] = None, words: Optional[bool] = None) -> list[Hit]:
+        """Every actor ranks each of its segments' top k; the driver merges them (merge_hits, segment-id order).
+        With the word layer (`words`, default the store's `word_layer`) one more round: each actor's maxima of
+        the two sources, whose maximum over the actors every actor's fusion divides by, as the local store's."""
         k = check_k(k)
-        idf = None
-        if k:  # the store-wide idf: every actor's counts added (a write between the two calls may shift them)
-            counts = self._call({s: (lambda a: a.idf_counts.remote(query)) for s in range(self.num_workers)})
-            idf = (sum(n for n, _ in counts.values()),
-                   [sum(col) for col in zip(*(df for _, df in counts.values()))])
-        done = self._call({s: (lambda a: a.search.remote(query, k, with_matches, match_top, idf))
+        words = self.settings.word_layer if words is None else words
+        if words and not self.settings.word_layer:
+            raise InputError("words=True needs a store built with word_layer=True")
+        strategy = self.settings.merge if strategy is None else strategy
+        if words and strategy != "raw":
+            raise InputError(f"a store with word_layer=True ranks by the fusion of its sources over the whole store "
+                             f"(docs/addressing.md); the merge strategy can only be 'raw', got {strategy!r}")
+        idf = fusion = None
+        if k:  # the store-wide idf: every actor's counts added (a write between the calls may shift them)
+            counts = self._call({s: (lambda a: a.idf_counts.remote(query, words)) for s in range(self.num_workers)})
+            idf = (sum(c[0] for c in counts.values()), [sum(col) for col in zip(*(c[1] for c in counts.values()))])
+            if words:
+                fusion = self._fusion(query, k, idf, [c[2] for c in counts.values() if c[2] is not None])
+        done = self._call({s: (lambda a: a.search.remote(query, k, with_matches, match_top, idf, fusion))
                            for s in range(self.num_workers)})
         per_segment = sorted((pair for pairs in done.values() for pair in pairs), key=lambda p: p[0])
-        return merge_hits([hits for _, hits in per_segment], k, self.settings.merge if strategy is None else strategy)
+        return merge_hits([hits for _, hits in per_segment], k, strategy)
+
+    def _fusion(self, query: str, k: int, idf: tuple, word_counts: list) -> tuple:
+        """(word idf list, [lexical max, word max] over every actor, word weight) for the actors' fusion."""
+        import torch
+
+        from fwpkm_rag.pipelines.word_layer import idf_from_counts
+
+        word_idf = None
+        if word_counts:
+            writes = sum(torch.as_tensor(w, dtype=torch.float32) for _, w in word_counts)
+            word_idf = idf_from_counts(sum(n for n, _ in word_counts), writes).tolist()
+        maxima = self._call({s: (lambda a: a.source_maxima.remote(query, k, idf, word_idf))
+                             for s in range(self.num_workers)})
+        tops = [max(col) for col in zip(*maxima.values())]
+        return word_idf, tops, self.settings.word_weight
 
     def get(self, doc_ids: Iterable[str]) -> list:
         doc_ids = list(doc_ids)

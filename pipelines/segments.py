@@ -563,7 +563,20 @@ def rank_segments(segments, query: str, k: int, threads: int = SEARCH_THREADS,
         return [r for part in parts for r in part]
 
 
-def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: float) -> list[Ranked]:
+def fusion_sources(segments, query: str, ranked: list[Ranked], word_idf: Optional[torch.Tensor] = None) -> list:
+    """[lexical, words]: per segment, {chunk id: score > 0} of its lexical ranking `ranked` and of its word layer
+    (deleted chunks filtered; the question's word idf `word_idf`, default counted over these segments' layers)."""
+    lexical = [{c: s for c, s in zip(r.chosen, r.scores) if s > 0} for r in ranked]
+    layers = [sv.view.words for sv in segments if sv.view.words is not None]
+    if word_idf is None and layers:
+        word_idf = question_idf(layers, query)  # once per question, over every segment
+    words = [sv.view.words.scores(query, alive=sv.view.provenance.alive, idf=word_idf)
+             if sv.view.words is not None else {} for sv in segments]
+    return [lexical, words]
+
+
+def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: float, *,
+               word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None) -> list[Ranked]:
     """Each segment's top k by the fusion of the lexical store and the word layer (docs/addressing.md, "How
     layers are combined" and "In the store"): the lexical source is each segment's ranking `ranked` (its top
     K >= k, positive scores only: chunks below K count 0 for it), the word source each segment's word layer
@@ -572,14 +585,12 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
     word layer's weighted `word_weight`, the lexical store's 1, and summed (`word_layer.fuse_sources`). Per
     segment: fused scores best first (ties by chunk id), then live chunks that scored for neither source
     (score 0, id order), k in all; the question's lexical reads are kept (matched slots). The fused scores are
-    comparable across segments, so a "raw" merge of these lists is the store's global top k."""
-    lexical = [{c: s for c, s in zip(r.chosen, r.scores) if s > 0} for r in ranked]
-    layers = [sv.view.words for sv in segments if sv.view.words is not None]
-    idf = question_idf(layers, query) if layers else None  # once per question, over every segment
-    words = [sv.view.words.scores(query, alive=sv.view.provenance.alive, idf=idf)
-             if sv.view.words is not None else {} for sv in segments]
+    comparable across segments, so a "raw" merge of these lists is the store's global top k. A Ray actor holds
+    only some segments: it passes the store-wide word idf `word_idf` and the sources' maxima `tops` (the
+    driver's, over every actor)."""
+    sources = fusion_sources(segments, query, ranked, word_idf)
     out = []
-    for sv, r, fused in zip(segments, ranked, fuse_sources([lexical, words], [1.0, word_weight])):
+    for sv, r, fused in zip(segments, ranked, fuse_sources(sources, [1.0, word_weight], tops)):
         chosen = sorted(fused, key=lambda c: (-fused[c], c))[:k]
         alive = sv.view.provenance.alive
         if len(chosen) < k and alive.numel():

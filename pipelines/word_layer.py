@@ -273,12 +273,9 @@ def _check_add(chunk_texts, chunk_ids) -> tuple[list[str], list[int]]:
     return texts, ids
 
 
-def word_idf(layers: Sequence[WordLayer], slots: Tensor) -> Tensor:
-    """(U,) BM25's idf of the units whose slots are `slots` (U, k), over the chunks of all `layers` together: N
-    = their chunks, df = the count-min estimate over the summed write events of each slot read (layers of one
-    config address a unit alike, so a slot counts the same units in each; sums of upper bounds bound the sum).
-    A store's segments pass all their layers, so a word weighs the same in every segment, as the lexical
-    question-token idf does (retrieval.store_idf). One layer: its own idf."""
+def word_counts(layers: Sequence[WordLayer], slots: Tensor) -> tuple[int, Tensor]:
+    """(N, writes (U, k)): the chunks of all `layers` together and the summed write events of each slot read by
+    the units whose slots are `slots` (U, k). Counts add over layers, segments and Ray actors alike."""
     first = layers[0]
     for other in layers[1:]:
         if other.config != first.config:
@@ -286,30 +283,57 @@ def word_idf(layers: Sequence[WordLayer], slots: Tensor) -> Tensor:
     writes = first.table.writes[0][slots]  # (U, k) write events of each slot read
     for other in layers[1:]:
         writes = writes + other.table.writes[0][slots]
+    return sum(layer.n_chunks for layer in layers), writes
+
+
+def idf_from_counts(n: int, writes: Tensor) -> Tensor:
+    """(U,) BM25's idf from `word_counts`: df = the count-min estimate (the fewest write events over a unit's k
+    slots: collisions only ever add, so the least crowded slot bounds the true df from above)."""
     df = writes.min(dim=1).values  # (U,) count-min estimate of the unit's document frequency
-    n = float(sum(layer.n_chunks for layer in layers))
-    return torch.log1p((n - df + 0.5).clamp_min(0) / (df + 0.5))  # (U,) BM25's idf
+    return torch.log1p((float(n) - df + 0.5).clamp_min(0) / (df + 0.5))  # (U,) BM25's idf
+
+
+def word_idf(layers: Sequence[WordLayer], slots: Tensor) -> Tensor:
+    """(U,) BM25's idf of the units whose slots are `slots` (U, k), over the chunks of all `layers` together: N
+    = their chunks, df = the count-min estimate over the summed write events of each slot read (layers of one
+    config address a unit alike, so a slot counts the same units in each; sums of upper bounds bound the sum).
+    A store's segments pass all their layers, so a word weighs the same in every segment, as the lexical
+    question-token idf does (retrieval.store_idf). One layer: its own idf."""
+    return idf_from_counts(*word_counts(layers, slots))
+
+
+def question_word_counts(layers: Sequence[WordLayer], question: str) -> tuple[int, Tensor]:
+    """`word_counts` of the question's distinct units (sorted, as `scores` orders them) over `layers`: what a
+    Ray actor reports, so that the driver adds them up (`idf_from_counts`) into the store-wide word idf."""
+    first = layers[0]
+    return word_counts(layers, first.address(sorted(set(first.units(question))))[0])
 
 
 def question_idf(layers: Sequence[WordLayer], question: str) -> Tensor:
     """(U,) the idf of the question's distinct units (sorted, as `scores` orders them) over the chunks of all
     `layers` (`word_idf`): computed once per question for a store, then passed to each layer's `scores`."""
-    first = layers[0]
-    return word_idf(layers, first.address(sorted(set(first.units(question))))[0])
+    return idf_from_counts(*question_word_counts(layers, question))
 
 
-def fuse_sources(sources: Sequence[Sequence[dict]], weights: Sequence[float]) -> list[dict]:
+def source_maxima(sources: Sequence[Sequence[dict]]) -> list[float]:
+    """Each source's maximum score over every segment (0.0 for a source that found nothing)."""
+    return [max((s for scores in per_segment for s in scores.values()), default=0.0) for per_segment in sources]
+
+
+def fuse_sources(sources: Sequence[Sequence[dict]], weights: Sequence[float],
+                 tops: Optional[Sequence[float]] = None) -> list[dict]:
     """One ranking out of several sources over a store's segments (docs/addressing.md, "How layers are
     combined"): `sources[s][g]` = {chunk id: score > 0} of source s in segment g. Each source's scores are divided
     by that source's maximum over EVERY segment (the store's best chunk scores 1 for it; a source that finds
-    nothing adds 0), weighted by `weights[s]` and summed per (segment, chunk), sources in order. Returns per
-    segment {chunk id: fused score > 0}."""
+    nothing adds 0), weighted by `weights[s]` and summed per (segment, chunk), sources in order. `tops`: the
+    sources' maxima when the store has more segments than these (a Ray actor's; the driver takes the maximum
+    over the actors), default `source_maxima(sources)`. Returns per segment {chunk id: fused score > 0}."""
     n_segments = len(sources[0]) if sources else 0
     out: list[dict] = [{} for _ in range(n_segments)]
-    for per_segment, w in zip(sources, weights):
+    tops = source_maxima(sources) if tops is None else list(tops)
+    for per_segment, w, top in zip(sources, weights, tops):
         if len(per_segment) != n_segments:
             raise InputError(f"every source needs one score dict per segment ({n_segments}), got {len(per_segment)}")
-        top = max((s for scores in per_segment for s in scores.values()), default=0.0)
         if not top > 0 or w == 0:
             continue
         for fused, scores in zip(out, per_segment):

@@ -94,6 +94,37 @@ def test_two_workers_save_a_folder_the_local_store_opens_identically(tmp_path):
         store.close()
 
 
+def test_two_workers_with_the_word_layer_rank_like_the_saved_store_loaded_locally(tmp_path):
+    """The fusion over actors (idf counts, then each source's maxima, then fused top k: three rounds) gives the
+    ranking the local store gives over the same segments, and a reordered question finds its record."""
+    store = RayFwPKMStore(num_workers=2, model=MODEL, word_layer=True, **SETTINGS)
+    try:
+        store.add_texts(TEXTS, [{"n": i} for i in range(24)], ids=IDS)
+        stats = store.index.segment_stats()
+        assert {s["worker"] for s in stats if s["chunks"]} == {0, 1}
+        store.delete(["doc-5"])
+        queries = QUERIES + ["days 9 every rotates it", "crossing river mile 99 at", "mile 55 river"]
+        got = [[(h.doc_id, h.chunk_index, h.rank, h.score) for h in store.search_with_provenance(q, k=6)]
+               for q in queries]
+        assert got[-2][0][0] == "doc-9"  # its words in another order
+        assert all(h[0] != "doc-5" for h in got[-1])  # deleted: its words no longer score
+        store.save(tmp_path / "w")
+        loaded = FwPKMStore.load(tmp_path / "w", model=MODEL)
+        try:
+            assert loaded.settings.word_layer
+            want = [[(h.doc_id, h.chunk_index, h.rank, h.score) for h in loaded.search_with_provenance(q, k=6)]
+                    for q in queries]
+            same_rankings(got, want, rel=1e-5)
+            lexical = [[(h.doc_id, h.chunk_index, h.rank) for h in store.index.search(q, 6, words=False)]
+                       for q in queries]
+            assert lexical == [[(h.doc_id, h.chunk_index, h.rank) for h in loaded.index.search(q, 6, words=False)]
+                               for q in queries]
+        finally:
+            loaded.close()
+    finally:
+        store.close()
+
+
 def test_ray_opens_a_local_folder_and_saves_it_back(local_store, tmp_path):
     local_store.save(tmp_path / "local")
     store = RayFwPKMStore.load(tmp_path / "local", model=MODEL, num_workers=2)

@@ -19,7 +19,7 @@ from fwpkm_rag.pipelines import FwPKMStore, MemoryIndex
 from fwpkm_rag.pipelines.settings import DEFAULT_WORD_WEIGHT, StoreSettings
 from fwpkm_rag.pipelines.word_layer import CANDIDATES, WordLayer, question_idf, word_idf
 from test_reliability import assert_same, fingerprint
-from test_segments import prose, segment_ranking, store_token_weight
+from test_segments import prose, segment_ranking
 
 torch.set_num_threads(1)
 CHUNK = 32
@@ -307,7 +307,7 @@ def test_a_store_saved_without_the_layer_loads_off_or_rebuilds_it(small_model, t
 
 
 # ---- 5. settings and the Ray store ---------------------------------------------------------------------------------
-def test_word_settings_are_validated_and_the_ray_store_refuses_the_layer(small_model, tmp_path):
+def test_word_settings_are_validated(small_model):
     assert StoreSettings().word_layer is False and StoreSettings().word_weight == DEFAULT_WORD_WEIGHT == 8.0
     assert "word_layer" not in StoreSettings().store_dict()
     for bad in (0, -1.0, float("nan"), float("inf"), "8", True):
@@ -329,11 +329,4 @@ def test_word_settings_are_validated_and_the_ray_store_refuses_the_layer(small_m
         store.index.search("lantern", 3, words="yes")
     plain.close()
     assert store.similarity_search("lantern", k=0) == []
-    store.save(tmp_path / "w")
     store.close()
-    from fwpkm_rag.pipelines.distributed import DistributedIndex
-
-    with pytest.raises(ConfigError, match="not supported by the Ray store"):
-        DistributedIndex(small_model, word_layer=True)
-    with pytest.raises(ConfigError, match="load the store with word_layer=False"):  # before any actor starts
-        DistributedIndex.load(tmp_path / "w", model=small_model)

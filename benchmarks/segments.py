@@ -266,24 +266,29 @@ def run_needles(sset: SystemSet, model, cfg: dict, k: int, log) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------------
 # capacity, one memory and segmented
 # ----------------------------------------------------------------------------------------------------------
-def run_capacity_merge(sset: SystemSet, model, cfg: dict, k: int, log) -> list[dict]:
-    """The suite's capacity task (F near-duplicate facts, one chunk each, hit@1) past one memory's capacity:
-    one memory, BM25 and segments of ``merge_capacity_segment`` tokens merged by each strategy."""
+def capacity_task(model, load: float, queries: int):
+    """The suite's capacity facts at `load` x N/k: (F, facts, their chunk texts, their tokens, the indices asked,
+    the row's base fields)."""
     from fwpkm_rag.data.needles import make_facts
 
     fcfg = model.config.fwpkm_config
     nk = fcfg.n_slots // fcfg.topk
+    F = max(2, int(load * nk))
+    facts = make_facts(F, split="bench", seed=4242, template="locker")  # the suite's capacity facts
+    chunks = [f.text for f in facts]
+    tokens = sum(len(model.get_tokenizer().encode(c)) + 1 for c in chunks)
+    asked = random.Random(F).sample(range(F), min(F, queries))
+    return F, facts, chunks, tokens, asked, dict(facts=F, load=F / nk, tokens=tokens, queries=len(asked))
+
+
+def run_capacity_merge(sset: SystemSet, model, cfg: dict, k: int, log) -> list[dict]:
+    """The suite's capacity task (F near-duplicate facts, one chunk each, hit@1) past one memory's capacity:
+    one memory, BM25 and segments of ``merge_capacity_segment`` tokens merged by each strategy."""
     S = cfg["merge_capacity_segment"]
-    tok = model.get_tokenizer()
     rows = []
     for load in cfg["merge_capacity_loads"]:
         start = time.perf_counter()
-        F = max(2, int(load * nk))
-        facts = make_facts(F, split="bench", seed=4242, template="locker")  # the suite's capacity facts
-        chunks = [f.text for f in facts]
-        tokens = sum(len(tok.encode(c)) + 1 for c in chunks)
-        asked = random.Random(F).sample(range(F), min(F, cfg["capacity_queries"]))
-        base = dict(facts=F, load=F / nk, tokens=tokens, queries=len(asked))
+        F, facts, chunks, tokens, asked, base = capacity_task(model, load, cfg["capacity_queries"])
         built = sset.build(chunks, only=(FWPKM, "bm25"))
         for name, b in built.items():
             hits = [b.system.search(facts[i].question, 1)[0][0] == i for i in asked]
@@ -452,20 +457,10 @@ def run_store_capacity(sset: SystemSet, model, cfg: dict, segment_tokens: int, l
     """The suite's capacity task (F near-duplicate "locker" facts, one chunk each, hit@1 over up to
     ``capacity_queries`` of them) at ``store_capacity_loads`` x N/k facts: the segmented store as a user gets
     it (``FwPKMStore(segment_tokens=...)``, its merge) next to BM25."""
-    from fwpkm_rag.data.needles import make_facts
-
-    fcfg = model.config.fwpkm_config
-    nk = fcfg.n_slots // fcfg.topk
-    tok = model.get_tokenizer()
     rows = []
     for load in cfg["store_capacity_loads"]:
         start = time.perf_counter()
-        F = max(2, int(load * nk))
-        facts = make_facts(F, split="bench", seed=4242, template="locker")  # the suite's capacity facts
-        chunks = [f.text for f in facts]
-        tokens = sum(len(tok.encode(c)) + 1 for c in chunks)
-        asked = random.Random(F).sample(range(F), min(F, cfg["capacity_queries"]))
-        base = dict(facts=F, load=F / nk, tokens=tokens, queries=len(asked))
+        F, facts, chunks, tokens, asked, base = capacity_task(model, load, cfg["capacity_queries"])
         built = sset.build(chunks, only=("bm25",))
         store = StoreSystem(model, segment_tokens, word_layer=cfg.get("store_word_layer", False))
         store.add(chunks)

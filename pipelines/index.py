@@ -90,6 +90,36 @@ class IndexView:
     words: Optional[WordLayer] = None  # the word layer (settings.word_layer), or None
 
 
+SPILL_PREFIX = "fwpkm-sealed-"
+"""Spill folders are named SPILL_PREFIX + the owning process id + "-" + a random part, in the temp dir."""
+
+_swept = False  # this process has removed dead processes' spill folders already
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_stale_spills() -> list:
+    """Remove the spill folders of processes that are gone (killed with -9, a Ray actor killed, a crash: their
+    finalizers never ran); returns the paths removed. Folders of live processes, this one included, stay."""
+    root, removed = tempfile.gettempdir(), []
+    for name in os.listdir(root):
+        if not name.startswith(SPILL_PREFIX):
+            continue
+        pid = name[len(SPILL_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed.append(os.path.join(root, name))
+    return removed
+
+
 def link_or_copy(src: str, dst: str) -> None:
     """A hard link of `src` at `dst`, or a copy when the file system refuses the link (another device)."""
     try:
@@ -108,8 +138,12 @@ class SpilledMemory:
         hard-linked into the private folder (copied where the two are on different file systems) instead of
         written again. A link shares the disk blocks, and the saved files are written once and never changed,
         so a later save that removes the saved folder leaves this one whole."""
+        global _swept
+        if not _swept:  # once per process: what killed processes left behind
+            _swept = True
+            sweep_stale_spills()
         self.model, self.keys = model, keys
-        self.folder = tempfile.mkdtemp(prefix="fwpkm-sealed-")
+        self.folder = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
         try:
             if source is None:

@@ -594,6 +594,41 @@ def test_a_loaded_sealed_segment_links_its_saved_memory_files(small_model, tmp_p
     store.close()
 
 
+def test_spill_folders_of_dead_processes_are_swept_once_per_process(small_model, monkeypatch):
+    """A process killed with -9 never runs its finalizers: the next process that spills removes its folders
+    (named by process id), and leaves those of live processes alone."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from fwpkm_rag.pipelines import index as index_module
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    root, prefix = tempfile.gettempdir(), index_module.SPILL_PREFIX
+    dead, live = os.path.join(root, f"{prefix}{gone.pid}-t"), os.path.join(root, f"{prefix}{os.getppid()}-t")
+    os.makedirs(dead)
+    os.makedirs(live)
+    try:
+        monkeypatch.setattr(index_module, "_swept", False)
+        index = MemoryIndex(small_model, chunk_tokens=CHUNK)
+        index.add([("a", prose(80, 5), None)])
+        index.seal(1)
+        assert not os.path.exists(dead) and os.path.isdir(live)
+        assert os.path.basename(index.view.memory.folder).startswith(f"{prefix}{os.getpid()}-")
+        os.makedirs(dead)
+        index.close()
+        other = MemoryIndex(small_model, chunk_tokens=CHUNK)
+        other.add([("b", prose(80, 6), None)])
+        other.seal(1)  # swept already in this process: not again
+        assert os.path.isdir(dead)
+        other.close()
+    finally:
+        shutil.rmtree(dead, ignore_errors=True)
+        shutil.rmtree(live, ignore_errors=True)
+
+
 def test_segments_ranked_on_threads_rank_as_on_one(small_model, monkeypatch):
     from fwpkm_rag.pipelines import segments as seg_module
 

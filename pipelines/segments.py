@@ -425,7 +425,7 @@ class SegmentedIndex:
     def search(self, query: str, k: int, *, with_matches: bool = False, match_top: int = 8,
                strategy: Optional[str] = None, words: Optional[bool] = None) -> list[Hit]:
         """The k best live chunks for `query` over every segment (fewer only when the store holds fewer): each
-        segment ranks its own top k on its published view, in parallel, and `merge_order` merges them by
+        segment ranks its own top k on its published view (`rank_segments`), and `merge_order` merges them by
         `strategy` (default: the store's `merge`). Hits name their segment; ranks are global. `words`: fuse the
         word layer's scores (default: when the store has the layer); False ranks by the lexical store alone."""
         k = check_k(k)
@@ -466,10 +466,9 @@ class SegmentedIndex:
         """`search` by the slow, obvious path: one full forward of the question per segment over that segment's
         memories (`retrieval.rank_view`; a sealed segment's read back from disk). Tests hold `search` to it."""
         k = check_k(k)
-        check_query(self.tok, query, self.settings.max_query_tokens)
+        ids = check_query(self.tok, query, self.settings.max_query_tokens)
         strategy = self._strategy(strategy, self.settings.word_layer)
         with self.snapshot() as (view, dbs), torch.no_grad():
-            ids = check_query(self.tok, query, self.settings.max_query_tokens)
             weight = store_idf([sv.view for sv in view.segments], ids)
             depth = max(k, CANDIDATES) if self.settings.word_layer and k else k
             ranked = [rank_view(sv.index, sv.view, query, depth, weight) for sv in view.segments]

@@ -18,7 +18,7 @@ obvious reference, and a test holds them to the same reads and rankings.
 idf. Each question token is weighted by its idf over the ingested chunks, log(1 + (N + 1) / (df + 1)) with df
 the number of chunks that contain the token (the index's `chunk_df`); the leading eos weighs 0. A segmented
 store counts N and df over all its segments (`idf_counts` adds them up, also across Ray actors), so a token
-weighs the same in every segment: measured at 128K tokens in 3 segments, 17 needles, hit@1 16/17 with each
+weighs the same in every segment: measured at 128K tokens in 3 segments, 17 needles, hit@5 16/17 with each
 segment's own idf and 17/17 with the store's (docs/benchmarks.md, "Segments").
 
 Scores. A read (slot, weight) meets the slot's writers in the provenance table; a writer scores

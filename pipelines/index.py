@@ -247,7 +247,7 @@ class MemoryIndex:
         self._queue: Optional[chunking.TokenQueue] = None
         self._unwritten = _ChunkPositions()
         self._spill: Optional[SpilledMemory] = None  # the memory states on disk, once sealed
-        self.words: Optional[WordLayer] = WordLayer() if self.settings.word_layer else None
+        self.words: Optional[WordLayer] = WordLayer(topk=self.settings.word_topk) if self.settings.word_layer else None
         self._word_queue: list = []  # (core text, chunk id) of the chunks registered in the open transaction
         self.words_rebuilt = False  # restore_state rebuilt the word layer from the stored chunks
         self.publish()
@@ -621,17 +621,20 @@ class MemoryIndex:
         """The saved word layer, or (a snapshot saved without it, or one whose layer is stale) a layer rebuilt
         from the stored chunks' texts, live chunks in id order, with a warning saying so."""
         meta = self.docs.get_meta("words")
-        if meta is not None and meta.get("next_chunk") == self.next_chunk:
+        same_topk = meta is not None and meta.get("config", {}).get("topk") == self.settings.word_topk
+        if meta is not None and meta.get("next_chunk") == self.next_chunk and same_topk:
             try:
                 return WordLayer.from_state({name: self.docs.get_array(f"words.{name}")
                                              for name in ("chunk", "strength", "writes", "alive")}, meta)
             except (KeyError, TypeError, ValueError) as exc:
                 raise StateFormatError(f"{source} holds a word layer that cannot be read: {exc}") from None
         rows = self.docs.db.execute("SELECT chunk_id, text, core_offset FROM chunks ORDER BY chunk_id").fetchall()
-        why = "was saved without a word layer" if meta is None else "holds a word layer older than its chunks"
+        why = ("was saved without a word layer" if meta is None else
+               "holds a word layer older than its chunks" if meta.get("next_chunk") != self.next_chunk else
+               f"holds a word layer of word_topk {meta.get('config', {}).get('topk')}, not {self.settings.word_topk}")
         warnings.warn(f"{source} {why}: rebuilding it from the {len(rows)} stored chunks (word_layer=True; "
                       "deleted chunks' words are gone, so scores can differ slightly from the layer at ingest)")
-        words = WordLayer()
+        words = WordLayer(topk=self.settings.word_topk)
         words.add([text[off:] for _, text, off in rows], [cid for cid, _, _ in rows])
         self.words_rebuilt = True
         return words

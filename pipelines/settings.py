@@ -41,8 +41,17 @@ and 496 ms. Natural prose fills a memory far less densely than that task (one fa
 recall of natural-text entries held 97% at ~44K tokens and 94% at ~105K in one memory. Stores of dense fact
 lists should pass segment_tokens=16384."""
 
-WORD_FIELDS = ("word_layer", "word_weight")
+WORD_FIELDS = ("word_layer", "word_weight", "word_topk")
 """The word layer's settings (docs/addressing.md, "In the store"): in a store's manifest only when the layer is on."""
+
+DEFAULT_WORD_TOPK = 2
+"""Default `word_topk`: slots the word layer reads and writes per word. Measured against 4 (the layer's own
+default, part A's benchmark): entries recall@1 / @5 within 0.1 point (reordered 98.7 / 99.6 vs 98.8 / 99.7,
+verbatim and shuffled equal), near-duplicate facts 100% hit@1 at 8 and 64 x N/k as with 4, and a sealed
+segment's word layer 5.2 instead of ~7.9 bytes per corpus token (docs/benchmarks.md, "Segments at 10M tokens")."""
+
+WORD_TOPK_BEFORE = 4
+"""The `word_topk` of stores saved before the setting existed (their manifests lack it)."""
 
 DEFAULT_WORD_WEIGHT = 8.0
 """Default `word_weight` (the lexical store's weight is 1): the weight chosen on the dev split of the addressing
@@ -76,6 +85,8 @@ class StoreSettings:
         Off by default. Needs merge="raw" (the fusion is the merge).
     word_weight: the word layer's weight in the fusion (> 0; default 8, chosen on the addressing task's dev split:
         `DEFAULT_WORD_WEIGHT`).
+    word_topk: slots the word layer reads and writes per word (default 2, `DEFAULT_WORD_TOPK`); every segment
+        of a store uses the same (its manifest records it; a store saved before the setting used 4).
     """
 
     chunk_tokens: int = 256
@@ -90,6 +101,7 @@ class StoreSettings:
     merge: str = "raw"
     word_layer: bool = False
     word_weight: float = DEFAULT_WORD_WEIGHT  # dev-chosen: see DEFAULT_WORD_WEIGHT
+    word_topk: int = DEFAULT_WORD_TOPK  # measured: see DEFAULT_WORD_TOPK
 
     def __post_init__(self) -> None:
         # Validated in the order earlier versions did, so a call with two bad values names the same one.
@@ -112,6 +124,7 @@ class StoreSettings:
         if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (math.isfinite(w) and w > 0):
             raise ConfigError(f"word_weight must be a finite number > 0, got {w!r}")
         object.__setattr__(self, "word_weight", float(w))
+        check_int("word_topk", self.word_topk, 1)
         if self.word_layer and self.merge != "raw":
             raise ConfigError(f"word_layer=True ranks by the fusion of the lexical and word scores over the whole "
                               f"store (docs/addressing.md), which replaces the merge strategy: merge must be 'raw', "
@@ -142,6 +155,9 @@ class StoreSettings:
         unknown = set(saved) - set(STORE_FIELDS) - set(WORD_FIELDS)
         if unknown:
             raise ConfigError(f"unknown store settings in the snapshot: {sorted(unknown)}")
+        saved = dict(saved)
+        if saved.get("word_layer") and "word_topk" not in saved:  # saved before the setting: its layers read 4
+            saved["word_topk"] = WORD_TOPK_BEFORE
         return cls(**{**saved, **overrides})
 
 

@@ -277,6 +277,43 @@ def test_save_and_load_give_the_same_layers_and_rankings(small_model, tmp_path):
         s.close()
 
 
+def test_every_segment_reads_word_topk_slots_and_stores_saved_before_it_keep_4(small_model, tmp_path):
+    from fwpkm_rag.pipelines.settings import DEFAULT_WORD_TOPK, WORD_TOPK_BEFORE
+
+    assert StoreSettings().word_topk == DEFAULT_WORD_TOPK == 2
+    for bad in (0, -1, 2.0, "2", None):
+        with pytest.raises((ConfigError, TypeError, ValueError), match="word_topk"):
+            StoreSettings(word_topk=bad)
+    docs, ids = [entry(i) for i in range(12)], [f"e{i}" for i in range(12)]
+    store = word_store(small_model, word_topk=4)
+    store.add_texts(docs, ids=ids)
+    assert len(store.index.segments) >= 3 and {sv.view.words.config.topk for sv in store.index.view.segments} == {4}
+    path = Path(store.save(tmp_path / "s"))
+    manifest = json.loads(path.read_text())
+    assert manifest["settings"]["word_topk"] == 4
+    # the manifest of a store saved before the setting existed: no word_topk, layers of 4
+    del manifest["settings"]["word_topk"]
+    path.write_text(json.dumps(manifest))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its saved layers are read back as they are
+        old = FwPKMStore.load(tmp_path / "s", model=small_model)
+    assert old.settings.word_topk == WORD_TOPK_BEFORE == 4
+    assert results(old, QUERIES) == results(store, QUERIES)
+    old.add_texts([entry(30), entry(31)] * 3, ids=[f"n{i}" for i in range(6)])  # new segments: the store's 4
+    assert {sv.view.words.config.topk for sv in old.index.view.segments} == {4} and results(old, QUERIES)
+    # asked for 2: every saved layer is rebuilt at 2 (a warning says so), and new ones are made at 2
+    with pytest.warns(UserWarning, match="word_topk 4, not 2"):
+        two = FwPKMStore.load(tmp_path / "s", model=small_model, word_topk=2)
+    fresh = word_store(small_model)  # the default, 2: the same documents in one add call, so the same segments
+    fresh.add_texts(docs, ids=ids)
+    assert_same_words(word_tensors(fresh), word_tensors(two))
+    assert results(two, QUERIES) == results(fresh, QUERIES) != results(store, QUERIES)
+    two.add_texts([entry(40)], ids=["n40"])
+    assert {sv.view.words.config.topk for sv in two.index.view.segments} == {2}
+    for s in (store, old, two, fresh):
+        s.close()
+
+
 def test_a_store_saved_without_the_layer_loads_off_or_rebuilds_it(small_model, tmp_path):
     docs = [entry(i) for i in range(12)]
     ids = [f"e{i}" for i in range(12)]

@@ -283,7 +283,8 @@ def rank_view(index: MemoryIndex, view: IndexView, query: str, k: int,
 def _ranked(table, q: QueryReads, k: int) -> Ranked:
     scores = score_chunks(table, q.reads, q.token_weight)
     chosen = _top_k(scores, table.alive, k)
-    values = [float(scores[c]) if torch.isfinite(scores[c]) else 0.0 for c in chosen]
+    picked = scores[torch.as_tensor(chosen, dtype=torch.long)]  # one gather, not a tensor op per chunk
+    values = torch.where(torch.isfinite(picked), picked, torch.zeros_like(picked)).tolist()
     return Ranked(chosen, values, q)
 
 

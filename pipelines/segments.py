@@ -569,7 +569,9 @@ def fusion_sources(segments, query: str, ranked: list[Ranked], word_idf: Optiona
     layers = [sv.view.words for sv in segments if sv.view.words is not None]
     if word_idf is None and layers:
         word_idf = question_idf(layers, query)  # once per question, over every segment
-    words = [sv.view.words.scores(query, alive=sv.view.provenance.alive, idf=word_idf)
+    # the store's layers share one config, so they address the question's words alike: once per question
+    address = layers[0].address(sorted(set(layers[0].units(query)))) if layers else None
+    words = [sv.view.words.scores(query, alive=sv.view.provenance.alive, idf=word_idf, address=address)
              if sv.view.words is not None else {} for sv in segments]
     return [lexical, words]
 

@@ -179,11 +179,13 @@ class WordLayer:
         self.table.record(0, slots[r], chunk, strength)
 
     # ---- reads --------------------------------------------------------------------------------------------
-    def scores(self, question: str, alive: Optional[Tensor] = None, idf: Optional[Tensor] = None) -> dict[int, float]:
+    def scores(self, question: str, alive: Optional[Tensor] = None, idf: Optional[Tensor] = None,
+               address: Optional[tuple] = None) -> dict[int, float]:
         """{chunk id: score > 0} for the question (read-only). `alive`: (n,) bool flags of the chunk ids that
         may score (a store passes its segment's, so deleted chunks never score), on top of the layer's own.
         `idf`: (U,) the idf of the question's distinct units in sorted order, counted over other chunks too (a
-        store's segments: `question_idf`), default over this layer's."""
+        store's segments: `question_idf`), default over this layer's. `address`: (slots, weights) of those units
+        from `address` of a layer of the same config (a store's layers share it: computed once per question)."""
         if not isinstance(question, str):
             raise InputTypeError(f"the question must be a str, got {type(question).__name__}")
         units = sorted(set(self.units(question)))
@@ -192,7 +194,7 @@ class WordLayer:
         c, table = self.config, self.table
         if alive is not None and alive.numel() < table.n_chunks:
             raise InputError(f"alive has {alive.numel()} flags, the layer holds chunk ids up to {table.n_chunks - 1}")
-        slots, weights = self.address(units)  # (U, k)
+        slots, weights = self.address(units) if address is None else address  # (U, k)
         if idf is None:
             idf = word_idf([self], slots)  # (U,)
         elif idf.shape != (len(units),):

@@ -91,6 +91,10 @@ def test_two_instances_address_alike(layer):
     q = "garbage cycles objects"
     a, b = layer.scores(q), other.scores(q)
     assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5) for k in a)
+    # one layer's addressing of the question serves another of the same config (a store computes it once)
+    shared = other.address(sorted(set(other.units(q))))
+    assert layer.scores(q, address=shared) == layer.scores(q, address=layer.address(sorted(set(layer.units(q)))))
+    assert layer.scores(q, address=shared).keys() == a.keys()
 
 
 def test_token_units_for_the_diagnosis():

@@ -31,3 +31,16 @@ torch.set_num_threads(int(os.environ.get("FWPKM_TEST_THREADS", "1")))
 def _seed():
     torch.manual_seed(1234)
     yield
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for a test module (2 CPUs, no dashboard, started here, shut down after): stores find it
+    running and leave it. Ray is imported only by the tests that ask for it (the distributed extra)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -17,18 +17,6 @@ def test_documents_cut_at_paragraphs_and_give_the_text_back():
     assert len(docs) > 5
 
 
-@pytest.fixture()
-def local_ray():
-    """One local Ray for the run (2 CPUs, no dashboard): the stores find it running and leave it; shut down after."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="the distributed extra is not installed")
 def test_quick_run_compares_local_and_ray_stores(tmp_path, small_model, local_ray):
     res = R.run_ray_bench(out_dir=str(tmp_path), quick=True, threads=1, model=small_model)

@@ -27,13 +27,7 @@ IDS = [f"doc-{i}" for i in range(24)]
 QUERIES = ["the vault code for account 007", "river crossing at mile 55", "it rotates every 9 days", "gamma"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py: one local Ray for the module
 
 
 def rankings(store, k=6):

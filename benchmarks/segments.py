@@ -423,6 +423,10 @@ def _store_item(sset, model, cfg, segment_tokens, k, log, L, D, Built, chunk_ite
     name = store_name(segment_tokens, cfg)
     built[name] = Built(store, time.perf_counter() - t0, len(ch.chunks))
     log(f"store {L:,} tokens: segmented store built ({built[name].ingest_s:.0f} s)")
+    if cfg.get("store_keep_dir"):  # kept so later code can be timed on the same store without re-ingesting
+        kept = os.path.join(cfg["store_keep_dir"], f"{name}-{L}-d{D}")
+        store.store.save(kept)
+        log(f"store {L:,} tokens: saved to {kept}")
     rows = []
     for sys_name, b in built.items():
         b.system.search(queries[0][0], k)  # warm-up
@@ -734,10 +738,12 @@ def report(res: dict) -> str:
 def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, threads: int = 1,
                        parts: Sequence[str] = PARTS, model=None, model_path: Optional[str] = None, k: int = 5,
                        lengths: Optional[Sequence[int]] = None, segment_tokens: Optional[int] = None,
-                       overrides: Optional[dict] = None, word_layer: bool = False) -> dict:
+                       overrides: Optional[dict] = None, word_layer: bool = False,
+                       keep_store: Optional[str] = None) -> dict:
     """Run the parts; write segments.json and segments.md to out_dir; return the results dict.
 
-    ``segment_tokens`` sizes the store parts' segmented store (default: the store's default segment_tokens)."""
+    ``segment_tokens`` sizes the store parts' segmented store (default: the store's default segment_tokens);
+    ``keep_store``: a folder where the store part saves each segmented store it builds."""
     import torch
 
     from fwpkm_rag.benchmarks.suite import run_capacity
@@ -753,6 +759,8 @@ def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, t
     if word_layer:  # the store with its word layer beside BM25 only (the other baselines do not change with it)
         cfg.update(store_word_layer=True, store_dense=None, store_one_memory_max=0)
     cfg.update(overrides or {})
+    if keep_store:
+        cfg["store_keep_dir"] = keep_store
 
     log = run_logger(wall0)
     model, model_desc, _ = model_for_run(model, model_path)

@@ -46,7 +46,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         run_segments_bench(out_dir=args.out, quick=args.quick, threads=args.threads, model_path=args.model,
                            lengths=args.lengths, segment_tokens=args.segment_tokens, word_layer=args.word_layer,
-                           **({"parts": args.parts} if args.parts else {}))
+                           keep_store=args.keep_store, **({"parts": args.parts} if args.parts else {}))
         return 0
     if args.suite in _SUITE_PARTS:
         from fwpkm_rag.benchmarks.suite import run_suite
@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="segments: segment size of the segmented store measured (default: the size the curve chooses)")
     bench.add_argument("--word-layer", action="store_true",
                        help="segments: measure the store with its word layer (FwPKMStore(word_layer=True))")
+    bench.add_argument("--keep-store", default=None, metavar="DIR",
+                       help="segments: save each segmented store the store part builds under DIR (to re-time it later)")
     bench.add_argument("--no-reader", action="store_true", help="answers: skip the SmolLM2 reader")
     bench.set_defaults(run=_bench)
     tr = sub.add_parser("train", help="train a model through its memory updates (resumable; CPU, CUDA or torchrun)")

@@ -473,7 +473,7 @@ class SegmentedIndex:
             depth = max(k, CANDIDATES) if self.settings.word_layer and k else k
             ranked = [rank_view(sv.index, sv.view, query, depth, weight) for sv in view.segments]
             if self.settings.word_layer and k:
-                ranked = fuse_words(view.segments, query, ranked, k, self.settings.word_weight)
+                ranked = fuse_words_reference(view.segments, query, ranked, k, self.settings.word_weight)
             per_segment = [hits_of(sv.index, sv.view, db, r, segment=sv.id)
                            for sv, r, db in zip(view.segments, ranked, dbs)]
             return merge_hits(per_segment, k, strategy)
@@ -578,6 +578,64 @@ def fusion_sources(segments, query: str, ranked: list[Ranked], word_idf: Optiona
 
 def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: float, *,
                word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None) -> list[Ranked]:
+    """`fuse_words_reference` (the same rule, the same lists and scores, to the bit) with the segments' sources
+    as tensors: every segment's (segment, chunk) scores of both sources are concatenated and fused, sorted and
+    cut to k per segment in a handful of ops for the whole store, instead of a dict and a sort per segment."""
+    G = len(segments)
+    if not G:
+        return []
+    layers = [sv.view.words for sv in segments if sv.view.words is not None]
+    if word_idf is None and layers:
+        word_idf = question_idf(layers, query)  # once per question, over every segment
+    address = layers[0].address(sorted(set(layers[0].units(query)))) if layers else None
+    no_ids, no_scores = torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    word = [sv.view.words.score_tensors(query, alive=sv.view.provenance.alive, idf=word_idf, address=address)
+            if sv.view.words is not None else (no_ids, no_scores) for sv in segments]
+    # per source: segment (S,), chunk id (S,), score (S,) float64 (Python's floats, as the reference adds them)
+    lexical = (torch.repeat_interleave(torch.arange(G), torch.as_tensor([len(r.chosen) for r in ranked], dtype=torch.long)),
+               torch.as_tensor([c for r in ranked for c in r.chosen], dtype=torch.long),
+               torch.as_tensor([x for r in ranked for x in r.scores], dtype=torch.float64))
+    words = (torch.repeat_interleave(torch.arange(G), torch.as_tensor([ids.numel() for ids, _ in word], dtype=torch.long)),
+             torch.cat([ids for ids, _ in word]), torch.cat([sc for _, sc in word]).double())
+    sources = []
+    for seg, ids, score in (lexical, words):
+        keep = score > 0
+        sources.append((seg[keep], ids[keep], score[keep]))
+    if tops is None:  # each source's maximum over every segment (`word_layer.source_maxima`)
+        tops = [float(score.max()) if score.numel() else 0.0 for _, _, score in sources]
+    parts = [(seg, ids, score * w / top) for (seg, ids, score), w, top in zip(sources, [1.0, word_weight], tops)
+             if top > 0 and w != 0]
+    chosen: list[list] = [[] for _ in range(G)]
+    values: list[list] = [[] for _ in range(G)]
+    if parts:
+        seg, ids, value = (torch.cat(x) for x in zip(*parts))
+        stride = int(ids.max()) + 1 if ids.numel() else 1
+        keys, inv = torch.unique(seg * stride + ids, return_inverse=True)  # (M,) ascending (segment, chunk)
+        fused = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inv, value)  # (M,) two terms at most
+        keys, fused = keys[fused > 0], fused[fused > 0]
+        by_score = torch.sort(-fused, stable=True).indices  # best first, ties in chunk id order
+        order = by_score[torch.sort(keys[by_score] // stride, stable=True).indices]  # grouped by segment
+        seg_of = keys[order] // stride
+        counts = torch.bincount(seg_of, minlength=G)
+        rank = torch.arange(order.numel()) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        top_k = order[rank < k]
+        for g, c, v in zip((keys[top_k] // stride).tolist(), (keys[top_k] % stride).tolist(), fused[top_k].tolist()):
+            chosen[g].append(c)
+            values[g].append(v)
+    out = []
+    for sv, r, picked, vals in zip(segments, ranked, chosen, values):
+        alive = sv.view.provenance.alive
+        if len(picked) < k and alive.numel():  # live chunks that scored for neither source, in id order
+            taken = torch.zeros_like(alive)
+            taken[torch.as_tensor(picked, dtype=torch.long)] = True
+            extra = torch.nonzero(alive & ~taken).flatten()[: k - len(picked)].tolist()
+            picked, vals = picked + extra, vals + [0.0] * len(extra)
+        out.append(Ranked(picked, vals, r.reads))
+    return out
+
+
+def fuse_words_reference(segments, query: str, ranked: list[Ranked], k: int, word_weight: float, *,
+               word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None) -> list[Ranked]:
     """Each segment's top k by the fusion of the lexical store and the word layer (docs/addressing.md, "How
     layers are combined" and "In the store"): the lexical source is each segment's ranking `ranked` (its top
     K >= k, positive scores only: chunks below K count 0 for it), the word source each segment's word layer
@@ -588,7 +646,8 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
     (score 0, id order), k in all; the question's lexical reads are kept (matched slots). The fused scores are
     comparable across segments, so a "raw" merge of these lists is the store's global top k. A Ray actor holds
     only some segments: it passes the store-wide word idf `word_idf` and the sources' maxima `tops` (the
-    driver's, over every actor)."""
+    driver's, over every actor). The slow, obvious path (a dict per segment, `word_layer.fuse_sources`): tests
+    hold `fuse_words` to it, and `search_reference` ranks through it."""
     sources = fusion_sources(segments, query, ranked, word_idf)
     out = []
     for sv, r, fused in zip(segments, ranked, fuse_sources(sources, [1.0, word_weight], tops)):

@@ -186,11 +186,19 @@ class WordLayer:
         `idf`: (U,) the idf of the question's distinct units in sorted order, counted over other chunks too (a
         store's segments: `question_idf`), default over this layer's. `address`: (slots, weights) of those units
         from `address` of a layer of the same config (a store's layers share it: computed once per question)."""
+        ids, total = self.score_tensors(question, alive, idf, address)
+        return dict(zip(ids.tolist(), total.tolist()))
+
+    def score_tensors(self, question: str, alive: Optional[Tensor] = None, idf: Optional[Tensor] = None,
+                      address: Optional[tuple] = None) -> tuple[Tensor, Tensor]:
+        """`scores` as tensors: chunk ids (M,) int64, ascending, and their scores (M,) float32, all > 0 (what
+        the store's fusion reads, without a dict per segment)."""
         if not isinstance(question, str):
             raise InputTypeError(f"the question must be a str, got {type(question).__name__}")
+        none = (torch.zeros(0, dtype=torch.long), torch.zeros(0))
         units = sorted(set(self.units(question)))
         if not units or self.n_chunks == 0:
-            return {}
+            return none
         c, table = self.config, self.table
         if alive is not None and alive.numel() < table.n_chunks:
             raise InputError(f"alive has {alive.numel()} flags, the layer holds chunk ids up to {table.n_chunks - 1}")
@@ -208,10 +216,11 @@ class WordLayer:
             valid &= alive[ids]
         contrib, ids = contrib[valid], ids[valid]
         if not ids.numel():
-            return {}
+            return none
         uniq, inv = torch.unique(ids, return_inverse=True)
-        total = torch.zeros(uniq.numel()).index_add_(0, inv, contrib)
-        return {int(i): float(s) for i, s in zip(uniq.tolist(), total.tolist()) if s > 0}
+        total = torch.zeros(uniq.numel()).index_add_(0, inv, contrib)  # (M,)
+        keep = total > 0
+        return uniq[keep], total[keep]
 
     # ---- the store's uses: transactions, sealing, persistence -------------------------------------------------
     @property

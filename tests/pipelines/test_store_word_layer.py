@@ -17,7 +17,8 @@ import torch
 from fwpkm_rag.errors import ConfigError, InputError, InputTypeError
 from fwpkm_rag.pipelines import FwPKMStore, MemoryIndex
 from fwpkm_rag.pipelines.settings import DEFAULT_WORD_WEIGHT, StoreSettings
-from fwpkm_rag.pipelines.word_layer import CANDIDATES, WordLayer, question_idf, word_idf
+from fwpkm_rag.pipelines.segments import fuse_words, fuse_words_reference, fusion_sources, rank_segments
+from fwpkm_rag.pipelines.word_layer import CANDIDATES, WordLayer, question_idf, source_maxima, word_idf
 from test_reliability import assert_same, fingerprint
 from test_segments import prose, segment_ranking
 
@@ -159,6 +160,33 @@ def test_fused_ranking_equals_the_rule_by_hand_across_segments(small_model):
 
 
 # ---- 3. transactions: an aborted call, deletes, compaction ---------------------------------------------------------
+def test_the_tensor_fusion_equals_the_dict_reference_to_the_bit(small_model):
+    """segments.fuse_words (every segment's sources concatenated into tensors) against fuse_words_reference (a
+    dict per segment, word_layer.fuse_sources): the same chunks, in the same order, with equal scores, for
+    several depths, with padding (k above the scored chunks), deletions, and the driver's idf and maxima given."""
+    store = word_store(small_model)
+    docs = [entry(i) for i in range(18)] + [prose(150, 5)]
+    store.add_texts(docs, ids=[f"e{i}" for i in range(len(docs))])
+    store.delete(["e3", "e11"])
+    segments = store.index.view.segments
+    assert len(segments) >= 4
+    layers = [sv.view.words for sv in segments]
+    for q in (shuffled(entry(4), 1), shuffled(entry(3), 2), "zulu", "lantern lantern quarry", entry(9), "."):
+        ranked = rank_segments(segments, q, CANDIDATES)
+        for k in (1, 3, 9, 40):
+            fast = fuse_words(segments, q, ranked, k, 8.0)
+            ref = fuse_words_reference(segments, q, ranked, k, 8.0)
+            assert [(r.chosen, r.scores) for r in fast] == [(r.chosen, r.scores) for r in ref], (q, k)
+        # a Ray actor's call: the store-wide idf and maxima come from the driver (here: doubled maxima)
+        idf = question_idf(layers, q)
+        tops = [2 * t for t in source_maxima(fusion_sources(segments, q, ranked, idf))]
+        fast = fuse_words(segments, q, ranked, 5, 0.5, word_idf=idf, tops=tops)
+        ref = fuse_words_reference(segments, q, ranked, 5, 0.5, word_idf=idf, tops=tops)
+        assert [(r.chosen, r.scores) for r in fast] == [(r.chosen, r.scores) for r in ref], q
+    assert fuse_words([], "lantern", [], 5, 8.0) == []
+    store.close()
+
+
 def test_a_failed_call_leaves_every_word_layer_as_it_was(small_model, monkeypatch):
     store = word_store(small_model)
     store.add_texts([entry(i) for i in range(8)], ids=[f"e{i}" for i in range(8)])

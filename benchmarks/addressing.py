@@ -98,8 +98,8 @@ class Source:
 
 
 class WordStoreSystem(FwPKMSystem):
-    """The default store built with ``word_layer=True``: ``search`` ranks by its lexical scores alone (the
-    ``fwpkm`` source, as the default store ranks), ``fused`` as the store ranks with its word layer."""
+    """The store built with ``word_layer=True`` (the default): ``search`` ranks by its lexical scores alone (the
+    ``fwpkm`` source, as ``word_layer=False`` ranks), ``fused`` as the store ranks with its word layer."""
 
     def __init__(self, model, chunk_size: int = 256):
         super().__init__(model, chunk_size=chunk_size)

@@ -30,7 +30,7 @@ def _retrieval(model, items, chunk_tokens: int, k: int = 5) -> dict:
     tok = model.get_tokenizer()
     hits = {"question": 0, "paraphrase": 0}
     for item in items:
-        store = FwPKMStore(model=model, chunk_tokens=chunk_tokens)
+        store = FwPKMStore(model=model, chunk_tokens=chunk_tokens, word_layer=False)  # the lexical memory alone
         store.add_texts([item.text], ids=["doc"])
         gold = set()
         ids = tok.encode(item.text)

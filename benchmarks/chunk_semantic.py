@@ -214,7 +214,7 @@ def sweep(emb: dict, sets: dict, grid: dict, base: dict, out: Path | None = None
 
 # ---- systems for the paraphrase task and the needles ------------------------------------------------------------
 LEXICAL_DEPTH = 50  # the lexical store's candidate depth in the fusion (docs/addressing.md)
-WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # chunk-semantic weight (lexical 1, word layer 8)
+WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # chunk-semantic weight (lexical 1, word layer 8)
 
 
 class CachedEncoder:
@@ -393,7 +393,8 @@ def choose_weight(model, config, keys, chunk_size: int = 256, needle_lengths=(32
 
 def bench(config, keys=None, out_dir: str = "results/chunk_semantic", paraphrase_lengths=(2048, 8192, 32768),
           paraphrase_items: int = 4, needle_lengths=(131072,), weight: float | None = None,
-          systems=("bm25", "minilm-faiss-flat"), fused: bool = True, alone: dict | None = None) -> dict:
+          systems=("bm25", "minilm-faiss-flat"), fused: bool = True, alone: dict | None = None,
+          needle_depths=(0.5,)) -> dict:
     """The paraphrase task (its default seeds) and needles with 16 distractors (depth 0.5, bench split): the layer
     alone, flat MiniLM, BM25 and the fused store (lexical + word + chunk semantic, weight chosen on dev)."""
     from fwpkm_rag.benchmarks import paraphrase
@@ -434,7 +435,7 @@ def bench(config, keys=None, out_dir: str = "results/chunk_semantic", paraphrase
     if needle_lengths:
         size[0] = 256
         nset = SystemSet(["bm25"], model=model, chunk_size=256, extra=extra)
-        ncfg = dict(lengths=tuple(needle_lengths), depths=(0.5,), distractors=(16,), per_cell=1,
+        ncfg = dict(lengths=tuple(needle_lengths), depths=tuple(needle_depths), distractors=(16,), per_cell=1,
                     scaling_depths=(0.5,), scaling_distractors=(16,))
         rows = run_needles(nset, ncfg, 256, 5, _log)
         result["needles"] = rows
@@ -473,6 +474,7 @@ def main(argv=None) -> int:
     b.add_argument("--paraphrase-lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     b.add_argument("--paraphrase-items", type=int, default=4)
     b.add_argument("--needle-lengths", type=int, nargs="*", default=[131072])
+    b.add_argument("--needle-depths", type=float, nargs="+", default=[0.5])
     b.add_argument("--weight", type=float, default=None, help="fused weight (default: chosen on dev)")
     b.add_argument("--no-fused", action="store_true")
     b.add_argument("--systems", nargs="*", default=["bm25", "minilm-faiss-flat"])
@@ -518,7 +520,7 @@ def main(argv=None) -> int:
                 c = ChunkSemanticConfig(**fields)
                 alone[name] = (c, keys_for(c, emb, cache))
         bench(cfg, keys, args.out, tuple(args.paraphrase_lengths), args.paraphrase_items, tuple(args.needle_lengths),
-              args.weight, tuple(args.systems), not args.no_fused and not alone, alone)
+              args.weight, tuple(args.systems), not args.no_fused and not alone, alone, tuple(args.needle_depths))
     return 0
 
 

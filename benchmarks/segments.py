@@ -63,7 +63,7 @@ FULL = dict(
     store_dense="minilm-faiss-flat",  # the dense baseline beside the store (skipped when its extra is missing)
     store_dense_max=1048576,  # ... up to this length (at 10M its embedding pass alone is ~25 min on one thread)
     store_capacity_loads=(1, 8, 64),  # x N/k facts, the store with its segment size vs BM25
-    store_word_layer=False,  # the store parts measure FwPKMStore(word_layer=True) instead (--word-layer)
+    store_word_layer=None,  # None: the store as a user gets it (StoreSettings' default); True / False: that variant
 )
 QUICK = dict(
     lengths=(2048, 4096),
@@ -99,7 +99,7 @@ class OneMemorySystem(FwPKMSystem):
     def __init__(self, model, chunk_size: int = CHUNK_SIZE):
         from fwpkm_rag.pipelines import FwPKMStore
 
-        one = dict(segment_tokens=None) if segmented_store_available() else {}
+        one = dict(segment_tokens=None, word_layer=False) if segmented_store_available() else {}
         self.store = FwPKMStore(model=model, chunk_tokens=2 * chunk_size, **one)
         self.n = 0
 
@@ -366,7 +366,7 @@ class StoreSystem(FwPKMSystem):
         from fwpkm_rag.pipelines import FwPKMStore
 
         self.store = FwPKMStore(model=model, chunk_tokens=2 * chunk_size, segment_tokens=segment_tokens, merge=merge,
-                                **({"word_layer": True} if word_layer else {}))
+                                word_layer=word_layer)
         self.n = 0
 
     def nbytes(self) -> int:
@@ -374,9 +374,17 @@ class StoreSystem(FwPKMSystem):
         return int(nb()) if callable(nb) else int(self.store.index.nbytes())
 
 
+def store_word_layer(cfg: dict) -> bool:
+    """Whether the store parts' store has its word layer: ``store_word_layer``, default the store's default."""
+    from fwpkm_rag.pipelines.settings import DEFAULT_WORD_LAYER
+
+    chosen = cfg.get("store_word_layer")
+    return DEFAULT_WORD_LAYER if chosen is None else bool(chosen)
+
+
 def store_name(segment_tokens: int, cfg: dict) -> str:
-    """The segmented store's system name: store-seg64K, or store-seg64K+words with its word layer."""
-    return f"store-seg{klabel(segment_tokens)}" + ("+words" if cfg.get("store_word_layer") else "")
+    """The segmented store's system name: store-seg64K (lexical only), or store-seg64K+words with its word layer."""
+    return f"store-seg{klabel(segment_tokens)}" + ("+words" if store_word_layer(cfg) else "")
 
 
 def _latency(fn, queries) -> list[float]:
@@ -418,7 +426,7 @@ def _store_item(sset, model, cfg, segment_tokens, k, log, L, D, Built, chunk_ite
     built = sset.build(ch.chunks, only=only)
     log(f"store {L:,} tokens, {D} distractors: baselines built ({time.perf_counter() - start:.0f} s)")
     t0 = time.perf_counter()
-    store = StoreSystem(model, segment_tokens, word_layer=cfg.get("store_word_layer", False))
+    store = StoreSystem(model, segment_tokens, word_layer=store_word_layer(cfg))
     store.add(ch.chunks)
     name = store_name(segment_tokens, cfg)
     built[name] = Built(store, time.perf_counter() - t0, len(ch.chunks))
@@ -426,6 +434,8 @@ def _store_item(sset, model, cfg, segment_tokens, k, log, L, D, Built, chunk_ite
     if cfg.get("store_keep_dir"):  # kept so later code can be timed on the same store without re-ingesting
         kept = os.path.join(cfg["store_keep_dir"], f"{name}-{L}-d{D}")
         store.store.save(kept)
+        write_json(cfg["store_keep_dir"], os.path.basename(kept) + ".questions.json",  # to re-time it later
+                   [q for q, _, _ in queries])
         log(f"store {L:,} tokens: saved to {kept}")
     rows = []
     for sys_name, b in built.items():
@@ -466,7 +476,7 @@ def run_store_capacity(sset: SystemSet, model, cfg: dict, segment_tokens: int, l
         start = time.perf_counter()
         F, facts, chunks, tokens, asked, base = capacity_task(model, load, cfg["capacity_queries"])
         built = sset.build(chunks, only=("bm25",))
-        store = StoreSystem(model, segment_tokens, word_layer=cfg.get("store_word_layer", False))
+        store = StoreSystem(model, segment_tokens, word_layer=store_word_layer(cfg))
         store.add(chunks)
         built[store_name(segment_tokens, cfg)] = store
         for name, system in built.items():
@@ -738,7 +748,7 @@ def report(res: dict) -> str:
 def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, threads: int = 1,
                        parts: Sequence[str] = PARTS, model=None, model_path: Optional[str] = None, k: int = 5,
                        lengths: Optional[Sequence[int]] = None, segment_tokens: Optional[int] = None,
-                       overrides: Optional[dict] = None, word_layer: bool = False,
+                       overrides: Optional[dict] = None, word_layer: Optional[bool] = None,
                        keep_store: Optional[str] = None) -> dict:
     """Run the parts; write segments.json and segments.md to out_dir; return the results dict.
 
@@ -756,8 +766,8 @@ def run_segments_bench(out_dir: str = "results/segments", quick: bool = False, t
     cfg = dict(QUICK if quick else FULL)
     if lengths:
         cfg["lengths"] = cfg["store_lengths"] = tuple(lengths)
-    if word_layer:  # the store with its word layer beside BM25 only (the other baselines do not change with it)
-        cfg.update(store_word_layer=True, store_dense=None, store_one_memory_max=0)
+    if word_layer is not None:  # that variant of the store beside BM25 only (the other baselines do not change)
+        cfg.update(store_word_layer=word_layer, store_dense=None, store_one_memory_max=0)
     cfg.update(overrides or {})
     if keep_store:
         cfg["store_keep_dir"] = keep_store

@@ -38,8 +38,9 @@ class FwPKMSystem:
     def __init__(self, model, chunk_size: int = 256, per_slot: int = 32, piece_tokens: int = 2048):
         from fwpkm_rag.pipelines import FwPKMStore
 
+        # the lexical memory alone (the word layer, on by default in the store, is measured as its own system)
         self.store = FwPKMStore(model=model, chunk_tokens=2 * chunk_size, per_slot=per_slot,
-                                piece_tokens=piece_tokens)
+                                piece_tokens=piece_tokens, word_layer=False)
         self.n = 0
 
     def __len__(self) -> int:

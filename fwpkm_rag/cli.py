@@ -115,7 +115,7 @@ def _ingest(args: argparse.Namespace) -> int:
         return _ingest_ray(args, limit)
     try:
         model = _load_model(args.model)
-        words = {"word_layer": True} if args.word_layer else {}
+        words = {} if args.word_layer is None else {"word_layer": args.word_layer}
         if os.path.exists(os.path.join(args.store, "CURRENT")):
             store = FwPKMStore.load(args.store, model=model, show_progress=True, max_document_chars=limit, **words)
             print(f"extending the store in {args.store} ({len(store)} documents)")
@@ -152,7 +152,7 @@ def _ingest_ray(args: argparse.Namespace, limit) -> int:
         return _fail(str(exc))
     model = _load_model(args.model) if args.model else None  # None: every actor loads the shipped model itself
     ray_args = dict(num_workers=args.workers, address=args.address, threads=args.threads,
-                    **({"word_layer": True} if args.word_layer else {}))
+                    **({} if args.word_layer is None else {"word_layer": args.word_layer}))
     store = None
     try:
         if os.path.exists(os.path.join(args.store, "CURRENT")):
@@ -296,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--systems", nargs="+", default=None, help="retrieval: systems to compare (default all installed): fwpkm, bm25, minilm-faiss-flat, minilm-faiss-hnsw, minilm-inmemory, minilm-chroma, and fwpkm-smollm2 (FwPKM on the frozen SmolLM2 backbone, docs/backbone.md; not in the default set)")
     bench.add_argument("--segment-tokens", type=int, default=None,
                        help="segments: segment size of the segmented store measured (default: the size the curve chooses)")
-    bench.add_argument("--word-layer", action="store_true",
-                       help="segments: measure the store with its word layer (FwPKMStore(word_layer=True))")
+    bench.add_argument("--word-layer", action=argparse.BooleanOptionalAction, default=None,
+                       help="segments: measure the store with (--word-layer) or without (--no-word-layer) its word layer, "
+                            "beside BM25 only (default: the store as a user gets it, word layer on, and every baseline)")
     bench.add_argument("--keep-store", default=None, metavar="DIR",
                        help="segments: save each segmented store the store part builds under DIR (to re-time it later)")
     bench.add_argument("--no-reader", action="store_true", help="answers: skip the SmolLM2 reader")
@@ -337,10 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "saved in the same format; 0 or 1 (default): in this process")
     ing.add_argument("--address", default=None,
                      help="--workers: a Ray cluster to join (e.g. auto or HOST:6379; default: start a local Ray)")
-    ing.add_argument("--word-layer", action="store_true",
-                     help="also address every chunk by its words alone (FwPKMStore(word_layer=True), docs/addressing.md): "
-                          "questions in another word order and dense lists of near-duplicate facts; a store saved "
-                          "without it gets it rebuilt (with a warning)")
+    ing.add_argument("--word-layer", action=argparse.BooleanOptionalAction, default=None,
+                     help="address every chunk by its words alone too (FwPKMStore(word_layer=...), docs/addressing.md): "
+                          "questions in another word order and dense lists of near-duplicate facts. Default: on for a "
+                          "new store, as saved for an existing one; --word-layer on a store saved without it "
+                          "rebuilds it (with a warning), --no-word-layer drops it")
     ing.set_defaults(run=_ingest)
     ask = sub.add_parser("ask", help="retrieve chunks for a question from a store; a reader (SmolLM2) answers from them")
     ask.add_argument("question")

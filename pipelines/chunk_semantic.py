@@ -65,20 +65,22 @@ def default_keys_path() -> Path:
 
 @dataclass(frozen=True)
 class ChunkSemanticConfig:
-    """Hyper-parameters of the chunk semantic layer (all validated)."""
+    """Hyper-parameters of the chunk semantic layer (all validated). The defaults were chosen on dev
+    (`python -m fwpkm_rag.benchmarks.chunk_semantic dev`, docs/addressing.md "A chunk-level semantic layer"): the
+    best recall@5 on the haystack-shaped dev set among configs writing at most 64 entries per sentence."""
 
-    heads: int = 4
-    n_keys: int = 64  # sub-keys per book: n^2 slots per head
-    topk: int = 8  # slots a question reads per head
-    write_topk: int = 0  # slots a chunk (or sentence) writes per head (0: topk)
+    heads: int = 32
+    n_keys: int = 256  # sub-keys per book: n^2 slots per head
+    topk: int = 16  # slots a question reads per head
+    write_topk: int = 2  # slots a chunk (or sentence) writes per head (0: topk)
     score: str = "idw"  # sub-key score: "idw" -log(eps + ||q - K||^2), or "dot" q.K (with unit data and k-means
     #                     sub-keys a slot's dot score is q's inner product with the slot's reconstruction)
     temperature: float = 1.0  # read weights: softmax of the selected scores / temperature over the H*k selections
-    per_slot: int = 32  # writers kept per slot (weakest evicted)
-    saturation: float = 0.0  # s / (s + saturation) of a chunk's strength (0: the strength itself)
-    idf_power: float = 0.0  # idf(slot)^power in the score (0: no slot idf)
-    unit: str = "chunk"  # "chunk": one embedding per chunk; "sentence": one per sentence of the chunk
-    keys: str = "random"  # "random": seeded random directions; "kmeans": the shipped fitted sub-keys
+    per_slot: int = 8  # writers kept per slot (weakest evicted)
+    saturation: float = 0.01  # s / (s + saturation) of a chunk's strength (0: the strength itself)
+    idf_power: float = 0.0  # idf(slot)^power in the score (0: no slot idf, and no write events are kept)
+    unit: str = "sentence"  # "chunk": one embedding per chunk; "sentence": one per sentence of the chunk
+    keys: str = "random"  # "random": seeded random directions; "kmeans": fitted sub-keys (a file, `load_keys`)
     seed: int = 0  # permutations and random sub-keys
     eps: float = 1e-3  # IDW: -log(eps + ||q - K||^2)
 
@@ -265,9 +267,10 @@ class SparseProvenance:
 
     n_layers = 1
 
-    def __init__(self, n_slots: int, per_slot: int):
+    def __init__(self, n_slots: int, per_slot: int, count_writes: bool = True):
         self.n_slots = check_int("n_slots", n_slots, 1)
         self.per_slot = check_int("per_slot", per_slot, 1)
+        self.count_writes = count_writes  # keep the write events per slot (a slot idf needs them; costs 8 B a slot)
         self.slot = torch.zeros(0, dtype=torch.int32)  # (E,) ascending
         self.chunk = torch.zeros(0, dtype=torch.int32)  # (E,)
         self.strength = torch.zeros(0, dtype=torch.float16)  # (E,) strongest first within a slot
@@ -333,10 +336,11 @@ class SparseProvenance:
         pair, inverse = torch.unique(slots * span + chunk_ids, return_inverse=True)
         pair_strength = torch.zeros(pair.numel()).index_add_(0, inverse, strength)
         new_slot = pair // span
-        ws, wi = torch.unique(torch.cat([self.write_slot.long(), new_slot]), return_inverse=True)
-        self.write_count = torch.zeros(ws.numel()).index_add_(0, wi, torch.cat([self.write_count,
-                                                                                 torch.ones(new_slot.numel())]))
-        self.write_slot = ws.to(torch.int32)
+        if self.count_writes:
+            ws, wi = torch.unique(torch.cat([self.write_slot.long(), new_slot]), return_inverse=True)
+            self.write_count = torch.zeros(ws.numel()).index_add_(0, wi, torch.cat([self.write_count,
+                                                                                     torch.ones(new_slot.numel())]))
+            self.write_slot = ws.to(torch.int32)
         old_slot, old_chunk = self.slot.long(), self.chunk.long()
         touched = torch.unique(new_slot)
         valid = self.alive[old_chunk] | ~torch.isin(old_slot, touched)  # dead writers leave the slots written now
@@ -366,6 +370,8 @@ class SparseProvenance:
 
     def writes_of(self, slots: Tensor) -> Tensor:
         """(R,) float32 write events of each slot."""
+        if not self.count_writes:
+            raise RuntimeError("this provenance table does not count write events (count_writes=False)")
         slots = slots.reshape(-1).to(torch.int32)
         at = torch.searchsorted(self.write_slot, slots).clamp_max(max(self.write_slot.numel() - 1, 0))
         if not self.write_slot.numel():
@@ -377,8 +383,8 @@ class SparseProvenance:
                 "write_slot": self.write_slot, "write_count": self.write_count, "alive": self.alive}
 
     @classmethod
-    def from_tensors(cls, tensors: dict, n_slots: int, per_slot: int) -> "SparseProvenance":
-        table = cls(n_slots, per_slot)
+    def from_tensors(cls, tensors: dict, n_slots: int, per_slot: int, count_writes: bool = True) -> "SparseProvenance":
+        table = cls(n_slots, per_slot, count_writes)
         table.slot, table.chunk = tensors["slot"].to(torch.int32), tensors["chunk"].to(torch.int32)
         table.strength = tensors["strength"].to(torch.float16)
         table.write_slot, table.write_count = tensors["write_slot"].to(torch.int32), tensors["write_count"].float()
@@ -409,8 +415,13 @@ class ChunkSemanticLayer:
             raise ConfigError(f"sub-keys must have shape {(2 * c.heads * c.n_keys, DIM // 2)}, got {tuple(keys.shape)}")
         self.keys = keys.float()
         self.perms = permutations(c)
-        self.table = SparseProvenance(c.n_slots, c.per_slot)
+        self.table = SparseProvenance(c.n_slots, c.per_slot, count_writes=c.idf_power > 0)
         self.n_chunks = 0  # chunks written
+
+    @staticmethod
+    def default_config() -> ChunkSemanticConfig:
+        """The config a store's layers use (the dev-chosen defaults)."""
+        return ChunkSemanticConfig()
 
     @property
     def encoder(self):
@@ -568,7 +579,7 @@ class ChunkSemanticLayer:
         config = ChunkSemanticConfig(**meta["config"])
         keys = tensors.get("keys")
         layer = cls(config, encoder=encoder, keys=None if keys is None else keys.float())
-        table = SparseProvenance.from_tensors(tensors, config.n_slots, config.per_slot)
+        table = SparseProvenance.from_tensors(tensors, config.n_slots, config.per_slot, config.idf_power > 0)
         if table.n_entries and int(table.slot.max()) >= config.n_slots:
             raise InputError(f"the saved chunk semantic layer writes slots beyond its config's {config.n_slots}")
         layer.table, layer.n_chunks = table, int(meta["n_chunks"])

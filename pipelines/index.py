@@ -49,6 +49,7 @@ live chunks.
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 import shutil
 import tempfile
@@ -70,7 +71,7 @@ from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import DocStore, dump_metadata
 from fwpkm_rag.pipelines.provenance import CompactProvenance, ProvenanceTable
 from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
-from fwpkm_rag.pipelines.word_layer import WordLayer
+from fwpkm_rag.pipelines.word_layer import WordLayer, chunk_word_texts
 
 _KEEP = object()  # add(max_document_chars=...) not given: the index's own limit
 
@@ -465,7 +466,8 @@ class MemoryIndex:
         self.docs.add_document(doc_id, self.next_seq, meta_json,
                                [(first + idx, idx, txt, off, s, e) for idx, txt, off, s, e in doc.spans])
         if self.words is not None:  # written in prepare_write, on the transaction's copy
-            self._word_queue += [(txt[off:], first + idx) for idx, txt, off, _, _ in doc.spans]
+            texts = chunk_word_texts([txt[off:] for _, txt, off, _, _ in doc.spans])  # cores + the word context
+            self._word_queue += [(t, first + idx) for t, (idx, *_) in zip(texts, doc.spans)]
         self.next_seq += 1
         self.chunk_df += chunking.chunk_token_counts(doc.ids, self.settings.chunk_tokens, self.chunk_df.numel())
         return (np.append(doc.ids, np.int32(self.eos)), doc.core_starts,
@@ -628,14 +630,17 @@ class MemoryIndex:
                                              for name in ("chunk", "strength", "writes", "alive")}, meta)
             except (KeyError, TypeError, ValueError) as exc:
                 raise StateFormatError(f"{source} holds a word layer that cannot be read: {exc}") from None
-        rows = self.docs.db.execute("SELECT chunk_id, text, core_offset FROM chunks ORDER BY chunk_id").fetchall()
+        rows = self.docs.db.execute("SELECT chunk_id, doc_id, text, core_offset FROM chunks ORDER BY chunk_id").fetchall()
         why = ("was saved without a word layer" if meta is None else
                "holds a word layer older than its chunks" if meta.get("next_chunk") != self.next_chunk else
                f"holds a word layer of word_topk {meta.get('config', {}).get('topk')}, not {self.settings.word_topk}")
         warnings.warn(f"{source} {why}: rebuilding it from the {len(rows)} stored chunks (word_layer=True; "
                       "deleted chunks' words are gone, so scores can differ slightly from the layer at ingest)")
         words = WordLayer(topk=self.settings.word_topk)
-        words.add([text[off:] for _, text, off in rows], [cid for cid, _, _ in rows])
+        texts: list = []
+        for _, group in itertools.groupby(rows, key=lambda row: row[1]):  # a document's chunks, in order
+            texts += chunk_word_texts([text[off:] for _, _, text, off in group])
+        words.add(texts, [row[0] for row in rows])
         self.words_rebuilt = True
         return words
 

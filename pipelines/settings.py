@@ -59,6 +59,13 @@ task (`fwpkm-rag bench addressing`, results/addressing/addressing.json "weights"
 and the word layer alone; dev recall@1 90.3% at weight 0, 97.7% at 1, 99.1% from 8 up; docs/benchmarks.md,
 "Addressing: words and meaning")."""
 
+DEFAULT_WORD_LAYER = True
+"""Default `word_layer`: on, because the lexical store alone loses a fact among many look-alike facts as the store
+grows (capacity hit@1 87% / 33.5% / 10% at 1 / 8 / 64 x N/k facts; with the word layer 100% at each) and finds
+its chunk by the same words in another order 59% of the time (with it 99%); at 10M tokens it stays under BM25's
+index bytes and the query latency target (docs/benchmarks.md, "Segments at 10M tokens"). Manifests written
+before the setting, which lack it, load with it off (the store they describe has no word layer)."""
+
 MERGE_STRATEGIES = ("raw", "max", "rrf")
 """How the segments' rankings are merged (pipelines/merge.py): raw scores (default), per-segment max, or RRF."""
 
@@ -81,8 +88,10 @@ class StoreSettings:
     word_layer: also address every chunk by its words alone (a `WordLayer` per segment, docs/addressing.md "In
         the store") and rank by the fusion of the two sources: each source's scores divided by its maximum over
         the whole store for the question, the word layer weighted `word_weight`, the lexical store 1. Finds a
-        chunk by its words in another order; costs ~6.4 MB per open segment and a few bytes per token sealed.
-        Off by default. Needs merge="raw" (the fusion is the merge).
+        chunk by its words in another order, and one fact among thousands of look-alikes (capacity hit@1 100% at
+        64 x N/k facts, 10% without); costs ~6.4 MB per open segment and ~5 bytes per token sealed. On by default
+        (`DEFAULT_WORD_LAYER`); a store saved without it loads without it. Needs merge="raw" (the fusion is the
+        merge): merge="max" or "rrf" take word_layer=False.
     word_weight: the word layer's weight in the fusion (> 0; default 8, chosen on the addressing task's dev split:
         `DEFAULT_WORD_WEIGHT`).
     word_topk: slots the word layer reads and writes per word (default 2, `DEFAULT_WORD_TOPK`); every segment
@@ -99,7 +108,7 @@ class StoreSettings:
     max_document_chars: Optional[int] = DEFAULT_MAX_DOCUMENT_CHARS
     segment_tokens: Optional[int] = DEFAULT_SEGMENT_TOKENS  # measured: see DEFAULT_SEGMENT_TOKENS
     merge: str = "raw"
-    word_layer: bool = False
+    word_layer: bool = DEFAULT_WORD_LAYER  # measured: see DEFAULT_WORD_LAYER
     word_weight: float = DEFAULT_WORD_WEIGHT  # dev-chosen: see DEFAULT_WORD_WEIGHT
     word_topk: int = DEFAULT_WORD_TOPK  # measured: see DEFAULT_WORD_TOPK
 
@@ -126,9 +135,9 @@ class StoreSettings:
         object.__setattr__(self, "word_weight", float(w))
         check_int("word_topk", self.word_topk, 1)
         if self.word_layer and self.merge != "raw":
-            raise ConfigError(f"word_layer=True ranks by the fusion of the lexical and word scores over the whole "
-                              f"store (docs/addressing.md), which replaces the merge strategy: merge must be 'raw', "
-                              f"got {self.merge!r}")
+            raise ConfigError(f"word_layer=True (the default) ranks by the fusion of the lexical and word scores over "
+                              f"the whole store (docs/addressing.md), which replaces the merge strategy: merge must be "
+                              f"'raw', got {self.merge!r} (merge={self.merge!r} needs word_layer=False)")
 
     @classmethod
     def field_names(cls) -> frozenset:
@@ -156,6 +165,7 @@ class StoreSettings:
         if unknown:
             raise ConfigError(f"unknown store settings in the snapshot: {sorted(unknown)}")
         saved = dict(saved)
+        saved.setdefault("word_layer", False)  # a manifest without it describes a store without the layer
         if saved.get("word_layer") and "word_topk" not in saved:  # saved before the setting: its layers read 4
             saved["word_topk"] = WORD_TOPK_BEFORE
         return cls(**{**saved, **overrides})

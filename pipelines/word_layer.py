@@ -55,6 +55,14 @@ from fwpkm_rag.pipelines.provenance import CompactProvenance, ProvenanceTable
 _WORD = re.compile(r"\w+")
 UNITS = ("word", "token")
 
+WORD_CONTEXT = 8
+"""Words of the preceding chunk of the same document that a store's word layer also writes for a chunk
+(`chunk_word_texts`). Why: a fact cut by a chunk boundary ("... The secret number for ID-" | "7319 is 541001.")
+leaves the chunk that holds its key with one of the question's words, while look-alike facts elsewhere hold
+all the others, so the word layer (weight 8 in the fusion) would outvote the lexical memory, whose short
+convolution reads the key in its context across the boundary. Eight words cover a short key phrase, as the
+convolution covers the last few tokens."""
+
 CANDIDATES = 50
 """The lexical store's candidate depth in the fusion (docs/addressing.md): each segment's top K = max(k, 50) by
 the store's own ranking; chunks below it count 0 for the lexical source, as in any score fusion."""
@@ -269,6 +277,18 @@ class WordLayer:
     def nbytes(self) -> int:
         """Provenance table (writers, strengths, write counts, liveness) + sub-keys."""
         return int(self.table.nbytes() + self.keys.numel() * self.keys.element_size())
+
+
+def chunk_word_texts(cores: Sequence[str], context: int = WORD_CONTEXT) -> list[str]:
+    """What a store's word layer writes for consecutive chunks of one document, given their core texts in order:
+    each core preceded by the last `context` words of the core before it (`WORD_CONTEXT`; the first chunk
+    as it is)."""
+    out, previous = [], ""
+    for core in cores:
+        tail = " ".join(_WORD.findall(previous)[-context:]) if context > 0 else ""
+        out.append(f"{tail} {core}" if tail else core)
+        previous = core
+    return out
 
 
 def _check_add(chunk_texts, chunk_ids) -> tuple[list[str], list[int]]:

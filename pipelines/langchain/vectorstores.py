@@ -33,13 +33,14 @@ class FwPKMStore(VectorStore):
     `FwPKMStore(model=None, settings=None, **settings_kwargs)`: with no model, the shipped default
     (`fwpkm_rag.load_default_model()`); the keyword arguments are `StoreSettings` fields (chunk_tokens=256,
     chunk_overlap=0, piece_tokens=2048, per_slot=32, passes=1, show_progress=False, max_query_tokens=8192,
-    max_document_chars=10,000,000, segment_tokens=65536, merge="raw", word_layer=False, word_weight=8.0), applied
+    max_document_chars=10,000,000, segment_tokens=65536, merge="raw", word_layer=True, word_weight=8.0, word_topk=2), applied
     on top of `settings`. Each store has its own isolated memories: a list of segments of at most `segment_tokens`
     stream tokens each, queried together (docs/segments.md).
 
-    `word_layer=True`: every segment also keeps a word layer (a memory addressed by each word alone), and searches
-    rank by the fusion of both sources (docs/addressing.md, "In the store"): a chunk is found by its words in
-    another order, as BM25 finds it. Scores are then fused scores (the best chunk of a source scores 1 for it).
+    `word_layer=True` (the default): every segment also keeps a word layer (a memory addressed by each word alone),
+    and searches rank by the fusion of both sources (docs/addressing.md, "In the store"): a chunk is found by its
+    words in another order, as BM25 finds it, and one fact among thousands of look-alikes. Scores are fused scores
+    (the best chunk of a source scores 1 for it). `word_layer=False`: the lexical memories alone (raw scores).
 
     `max_document_chars`: a longer document raises DocumentTooLargeError before it is tokenized and its add
     call changes nothing; pass None (here or to one add call) to ingest documents of any size, in memory

@@ -56,7 +56,8 @@ def test_quick_run_writes_every_part(tmp_path, small_model):
         if "minilm-faiss-flat" in res["meta"]["systems"]:
             assert sum(r["system"] == "minilm-faiss-flat" for r in res["store"]) == 2
         cap = res["store_capacity"]
-        assert {r["system"] for r in cap} == {"bm25", f"store-seg{S.klabel(512)}"} and all(0 <= r["hit1"] <= 1 for r in cap)
+        assert S.store_name(512, TINY).endswith("+words")  # the store as a user gets it: word layer on
+        assert {r["system"] for r in cap} == {"bm25", S.store_name(512, TINY)} and all(0 <= r["hit1"] <= 1 for r in cap)
         assert "Capacity: near-duplicate facts in the segmented store" in (tmp_path / "segments.md").read_text()
         assert store[0]["nbytes"] > 0
         assert store[0]["segments"] >= 3 and 0 < store[0]["sealed_bytes_per_token"] < store[0]["bytes_per_token"]

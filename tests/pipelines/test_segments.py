@@ -43,7 +43,10 @@ def needle_query(i: int) -> str:
 
 
 def segmented(model, **over) -> FwPKMStore:
-    return FwPKMStore(model=model, **{"chunk_tokens": CHUNK, "segment_tokens": SEG, **over})
+    """A store of small segments ranking by its lexical memories alone (word_layer=False): this file holds the
+    segment machinery and the merge to by-hand references of the lexical ranking; the word layer, on by default,
+    and its fusion are tested in test_store_word_layer.py."""
+    return FwPKMStore(model=model, **{"chunk_tokens": CHUNK, "segment_tokens": SEG, "word_layer": False, **over})
 
 
 def part_texts(store: FwPKMStore, doc_id: str) -> list[str]:
@@ -159,7 +162,7 @@ def test_question_idf_counts_the_whole_store_whatever_its_segments(small_model):
     from fwpkm_rag.pipelines.segments import rank_segments
 
     docs = [needle(i % len(COLOURS)) + " " + prose(2, i) for i in range(45)]  # one chunk each: never split
-    store, one = segmented(small_model), FwPKMStore(model=small_model, chunk_tokens=CHUNK)
+    store, one = segmented(small_model), FwPKMStore(model=small_model, chunk_tokens=CHUNK, word_layer=False)
     store.add_texts(docs)
     one.add_texts(docs)
     assert len(store.index.segments) >= 3 and len(one.index.segments) == 1
@@ -182,7 +185,8 @@ def test_question_idf_counts_the_whole_store_whatever_its_segments(small_model):
 
 
 def test_one_segment_ranks_exactly_like_the_memory_index_alone(small_model):
-    store = FwPKMStore(model=small_model, chunk_tokens=CHUNK)  # default segment_tokens: one segment here
+    # default segment_tokens: one segment here; the lexical ranking (the word layer's fusion: test_store_word_layer)
+    store = FwPKMStore(model=small_model, chunk_tokens=CHUNK, word_layer=False)
     store.add_texts([prose(200, 3), needle(7), prose(150, 4)], ids=["a", "n", "b"])
     (segment,) = store.index.segments
     for q in (needle_query(7), "golf hotel", ""):

@@ -49,7 +49,8 @@ def test_manifest_entry_is_the_version_1_format_and_loads_back_with_overrides():
     saved = s.to_dict()
     assert list(saved) == list(SNAPSHOT_FIELDS) == ["chunk_tokens", "chunk_overlap", "piece_tokens", "per_slot", "passes"]
     back = StoreSettings.from_dict(saved)
-    assert back == s.replace(max_document_chars=DEFAULT_MAX_DOCUMENT_CHARS, show_progress=False)  # limits not saved
+    # limits not saved; a version-1 manifest describes a store without the word layer
+    assert back == s.replace(max_document_chars=DEFAULT_MAX_DOCUMENT_CHARS, show_progress=False, word_layer=False)
     assert StoreSettings.from_dict(saved, max_query_tokens=100).max_query_tokens == 100
     with pytest.raises(ConfigError, match="unknown store settings"):
         StoreSettings.from_dict({**saved, "colour": "red"})

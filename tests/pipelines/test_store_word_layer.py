@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from fwpkm_rag.errors import ConfigError, InputError, InputTypeError
 from fwpkm_rag.pipelines import FwPKMStore, MemoryIndex
 from fwpkm_rag.pipelines.settings import DEFAULT_WORD_WEIGHT, StoreSettings
 from fwpkm_rag.pipelines.segments import fuse_words, fuse_words_reference, fusion_sources, rank_segments
-from fwpkm_rag.pipelines.word_layer import CANDIDATES, WordLayer, question_idf, source_maxima, word_idf
+from fwpkm_rag.pipelines.word_layer import (CANDIDATES, WORD_CONTEXT, WordLayer, chunk_word_texts, question_idf,
+                                            source_maxima, word_idf)
 from test_reliability import assert_same, fingerprint
 from test_segments import prose, segment_ranking
 
@@ -107,7 +109,7 @@ def fused_by_hand(store: FwPKMStore, query: str, k: int, weight: float = DEFAULT
 # ---- 1. the property: words in another order --------------------------------------------------------------------
 def test_words_in_another_order_find_their_chunk_where_the_plain_store_does_not(small_model):
     docs = [entry(i) for i in range(24)]
-    plain = FwPKMStore(model=small_model, chunk_tokens=CHUNK, segment_tokens=SEG)
+    plain = FwPKMStore(model=small_model, chunk_tokens=CHUNK, segment_tokens=SEG, word_layer=False)
     words = word_store(small_model)
     for s in (plain, words):
         s.add_texts(docs, ids=[f"e{i}" for i in range(len(docs))])
@@ -343,9 +345,9 @@ def test_every_segment_reads_word_topk_slots_and_stores_saved_before_it_keep_4(s
 
 
 def test_a_store_saved_without_the_layer_loads_off_or_rebuilds_it(small_model, tmp_path):
-    docs = [entry(i) for i in range(12)]
-    ids = [f"e{i}" for i in range(12)]
-    plain = FwPKMStore(model=small_model, chunk_tokens=CHUNK, segment_tokens=SEG)
+    docs = [entry(i) for i in range(12)] + [prose(150, 4)]  # the long one: chunks with a word context, split
+    ids = [f"e{i}" for i in range(13)]
+    plain = FwPKMStore(model=small_model, chunk_tokens=CHUNK, segment_tokens=SEG, word_layer=False)
     plain.add_texts(docs, ids=ids)
     manifest = json.loads(Path(plain.save(tmp_path / "old")).read_text())
     assert "word_layer" not in manifest["settings"]  # the manifest of earlier versions
@@ -371,10 +373,36 @@ def test_a_store_saved_without_the_layer_loads_off_or_rebuilds_it(small_model, t
         s.close()
 
 
+def test_each_chunk_also_writes_the_last_words_of_the_chunk_before_it(small_model):
+    """word_layer.WORD_CONTEXT: a chunk's units are its core's words and the last 8 words of the previous core of
+    its document (none for a document's first chunk), checked against a layer written from those units by hand."""
+    assert chunk_word_texts(["a b, c!", "d e", "f"], context=2) == ["a b, c!", "b c d e", "d e f"]
+    assert chunk_word_texts(["a b"], context=0) == ["a b"] and chunk_word_texts([]) == []
+    store = word_store(small_model, segment_tokens=None)
+    store.add_texts([prose(300, 11), entry(1), prose(200, 12)], ids=["long", "e1", "other"])
+    index = store.index.segments[0].index
+    rows = index.docs.db.execute("SELECT chunk_id, doc_id, text, core_offset FROM chunks ORDER BY chunk_id").fetchall()
+    assert sum(r[1] == "long" for r in rows) >= 4
+    by_hand, previous = [], {}
+    for _, doc, text, off in rows:
+        tail = re.findall(r"\w+", previous.get(doc, ""))[-WORD_CONTEXT:]
+        by_hand.append(" ".join(tail + re.findall(r"\w+", text[off:])))
+        previous[doc] = text[off:]
+    reference = WordLayer(topk=store.settings.word_topk)
+    reference.add(by_hand, [r[0] for r in rows])
+    got, want = index.view.words.table.tensors(), reference.table.tensors()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    store.close()
+
+
 # ---- 5. settings and the Ray store ---------------------------------------------------------------------------------
 def test_word_settings_are_validated(small_model):
-    assert StoreSettings().word_layer is False and StoreSettings().word_weight == DEFAULT_WORD_WEIGHT == 8.0
-    assert "word_layer" not in StoreSettings().store_dict()
+    assert StoreSettings().word_layer is True and StoreSettings().word_weight == DEFAULT_WORD_WEIGHT == 8.0
+    assert StoreSettings().store_dict()["word_layer"] is True
+    assert "word_layer" not in StoreSettings(word_layer=False).store_dict()  # the manifest of earlier versions
+    # a manifest without the field (earlier versions, or word_layer=False) describes a store without the layer
+    assert StoreSettings.from_dict(StoreSettings(word_layer=False).store_dict()).word_layer is False
+    assert StoreSettings.from_dict(StoreSettings().store_dict()) == StoreSettings()
     for bad in (0, -1.0, float("nan"), float("inf"), "8", True):
         with pytest.raises(ConfigError, match="word_weight"):
             StoreSettings(word_weight=bad)
@@ -382,12 +410,15 @@ def test_word_settings_are_validated(small_model):
         StoreSettings(word_layer=1)
     with pytest.raises(ConfigError, match="merge must be 'raw'"):
         StoreSettings(word_layer=True, merge="rrf")
+    with pytest.raises(ConfigError, match="needs word_layer=False"):
+        StoreSettings(merge="max")  # the default has the layer
+    assert StoreSettings(merge="max", word_layer=False).merge == "max"
     store = word_store(small_model)
     store.add_texts([entry(0)], ids=["e0"])
     with pytest.raises(InputError, match="only be 'raw'"):
         store.index.search("lantern", 3, strategy="max")
     assert store.index.search("lantern", 3, words=False, strategy="max")  # the lexical ranking: any strategy
-    plain = FwPKMStore(model=small_model, chunk_tokens=CHUNK)
+    plain = FwPKMStore(model=small_model, chunk_tokens=CHUNK, word_layer=False)
     with pytest.raises(InputError, match="word_layer=True"):
         plain.index.search("lantern", 3, words=True)
     with pytest.raises(InputTypeError, match="words"):

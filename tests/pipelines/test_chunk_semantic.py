@@ -37,7 +37,8 @@ def unit(rng, n):
 
 
 def small(**kw):
-    return ChunkSemanticConfig(**{**dict(heads=2, n_keys=8, topk=3, keys="random", per_slot=64), **kw})
+    return ChunkSemanticConfig(**{**dict(heads=2, n_keys=8, topk=3, write_topk=0, keys="random", per_slot=64,
+                                         unit="chunk", saturation=0.0), **kw})
 
 
 def test_address_matches_a_loop_reference():
@@ -66,16 +67,17 @@ def test_address_matches_a_loop_reference():
             assert sum(h * n * n <= s < (h + 1) * n * n for s in got) == cfg.topk
 
 
-@pytest.mark.parametrize("saturation,idf_power", [(0.0, 0.0), (0.05, 1.0)])
-def test_scores_equal_a_by_hand_sum(saturation, idf_power):
-    cfg = small(saturation=saturation, idf_power=idf_power)
+@pytest.mark.parametrize("saturation,idf_power,write_topk", [(0.0, 0.0, 0), (0.05, 1.0, 0), (0.01, 0.0, 2)])
+def test_scores_equal_a_by_hand_sum(saturation, idf_power, write_topk):
+    cfg = small(saturation=saturation, idf_power=idf_power, write_topk=write_topk)
     enc = HashEncoder()
     layer = ChunkSemanticLayer(cfg, encoder=enc)
     texts = [f"{w} text number {i}" for i, w in enumerate(["alpha", "beta", "alpha", "gamma", "beta", "delta"])]
     layer.add(texts, list(range(6)))
     # by hand: each chunk's strength per slot from its own read, then the question's reads over them
     strength, writes = {}, {}
-    cs, cw = layer.address(enc.encode(texts))
+    cs, cw = layer.address(enc.encode(texts), cfg.writes_per_head)
+    assert cs.shape == (6, cfg.heads * (write_topk or cfg.topk))
     for c in range(6):
         for s, w in zip(cs[c].tolist(), cw[c].tolist()):
             strength[(s, c)] = strength.get((s, c), 0.0) + w
@@ -98,7 +100,8 @@ def test_scores_equal_a_by_hand_sum(saturation, idf_power):
 def test_a_chunk_is_found_by_its_own_embedding_and_neighbours_rank_above_strangers():
     rng = np.random.default_rng(1)
     e = unit(rng, 200)
-    layer = ChunkSemanticLayer(ChunkSemanticConfig(heads=4, n_keys=16, topk=8, keys="random"), encoder=False)
+    layer = ChunkSemanticLayer(ChunkSemanticConfig(heads=4, n_keys=16, topk=8, keys="random", unit="chunk"),
+                               encoder=False)
     layer.add_embeddings(e, list(range(200)))
     found = 0
     for i in range(0, 200, 10):

@@ -38,6 +38,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -168,17 +169,29 @@ def split_sentences(text: str) -> list[str]:
 
 # ---- addressing -------------------------------------------------------------------------------------------------
 def permutations(config: ChunkSemanticConfig) -> Tensor:
-    """(H, 384) int64: head h's query is e[perm[h]] (head 0: the identity), seeded by the config's seed."""
-    gen = torch.Generator().manual_seed(config.seed)
-    perms = [torch.arange(DIM)] + [torch.randperm(DIM, generator=gen) for _ in range(config.heads - 1)]
+    """(H, 384) int64: head h's query is e[perm[h]] (head 0: the identity), seeded by the config's seed. One
+    tensor per (heads, seed) in a process, shared by every layer (read-only)."""
+    return _permutations(config.heads, config.seed)
+
+
+@lru_cache(maxsize=8)
+def _permutations(heads: int, seed: int) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    perms = [torch.arange(DIM)] + [torch.randperm(DIM, generator=gen) for _ in range(heads - 1)]
     return torch.stack(perms)
 
 
 def random_keys(config: ChunkSemanticConfig) -> Tensor:
     """(2*H*n, 192) sub-keys: random directions of the norm of a unit vector's half (1/sqrt(2)), seeded; row
-    (h*2 + m)*n + j is sub-key j of book m of head h (the kernels' layout)."""
-    gen = torch.Generator().manual_seed(config.seed + 1)
-    keys = torch.randn(2 * config.heads * config.n_keys, DIM // 2, generator=gen)
+    (h*2 + m)*n + j is sub-key j of book m of head h (the kernels' layout). One tensor per (heads, n_keys, seed)
+    in a process (12.6 MB for the defaults), shared by every layer: nothing writes it."""
+    return _random_keys(config.heads, config.n_keys, config.seed)
+
+
+@lru_cache(maxsize=8)
+def _random_keys(heads: int, n_keys: int, seed: int) -> Tensor:
+    gen = torch.Generator().manual_seed(seed + 1)
+    keys = torch.randn(2 * heads * n_keys, DIM // 2, generator=gen)
     return keys / keys.norm(dim=-1, keepdim=True) / math.sqrt(2.0)
 
 
@@ -413,7 +426,7 @@ class ChunkSemanticLayer:
             keys = random_keys(c) if c.keys == "random" else load_keys(c, keys_path)
         if tuple(keys.shape) != (2 * c.heads * c.n_keys, DIM // 2):
             raise ConfigError(f"sub-keys must have shape {(2 * c.heads * c.n_keys, DIM // 2)}, got {tuple(keys.shape)}")
-        self.keys = keys.float()
+        self.keys = keys if keys.dtype == torch.float32 else keys.float()
         self.perms = permutations(c)
         self.table = SparseProvenance(c.n_slots, c.per_slot, count_writes=c.idf_power > 0)
         self.n_chunks = 0  # chunks written
@@ -586,8 +599,11 @@ class ChunkSemanticLayer:
         return layer
 
     def nbytes(self) -> int:
-        """Provenance table + sub-keys (the frozen encoder and the derived permutations are not counted)."""
-        return int(self.table.nbytes() + self.keys.numel() * 4)
+        """The provenance table, plus fitted sub-keys (k-means ones are saved with each layer). Random sub-keys and
+        the permutations are derived from the seed and held once per process for every layer (`random_keys`), and
+        the frozen encoder is shared with the dense baselines: none of them is counted."""
+        keys = self.keys.numel() * 4 if self.config.keys == "kmeans" else 0
+        return int(self.table.nbytes() + keys)
 
 
 def _check_add(chunk_texts, chunk_ids) -> tuple[list[str], list[int]]:

@@ -46,7 +46,7 @@ import threading
 import time
 from typing import Iterable, Optional
 
-from fwpkm_rag.errors import FwPKMError, InputError, check_int
+from fwpkm_rag.errors import ConfigError, FwPKMError, InputError, check_int
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import dump_metadata
 from fwpkm_rag.pipelines.merge import merge_hits
@@ -311,6 +311,9 @@ class DistributedIndex:
         self.cpus_per_worker = cpus_per_worker
         settings = StoreSettings() if settings is None else settings
         self.settings = settings.replace(**settings_kwargs) if settings_kwargs else settings
+        if self.settings.semantic_layer:
+            raise ConfigError("semantic_layer=True is not supported by the Ray store yet (FwPKMStore has it; "
+                              "docs/addressing.md, \"A chunk-level semantic layer\")")
         self.model = model
         self.lock = threading.RLock()  # one write (or save) at a time, like SegmentedIndex
         self._owns_ray = False

@@ -45,10 +45,16 @@ the transaction's private copy (`WordLayer.clone`, dropped on abort) published i
 Deletes change nothing in it: retrieval filters its scores by the index's alive flags. Sealing keeps it packed
 (`WordLayer.compacted`), its full table going to the database as the provenance's does; a rebuild re-adds the
 live chunks.
+
+The chunk semantic layer (`settings.semantic_layer`, docs/addressing.md "A chunk-level semantic layer") is kept
+the same way (`ChunkSemanticLayer`, `IndexView.semantic`): chunks' core texts queued and embedded in
+`prepare_write` on the transaction's clone, a frozen copy once sealed, `semantic.*` arrays and meta in the
+database, rebuilt from the stored chunks with a warning when a snapshot lacks it.
 """
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import os
 import shutil
@@ -71,6 +77,7 @@ from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import DocStore, dump_metadata
 from fwpkm_rag.pipelines.provenance import CompactProvenance, ProvenanceTable
 from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
+from fwpkm_rag.pipelines.chunk_semantic import ChunkSemanticLayer
 from fwpkm_rag.pipelines.word_layer import WordLayer, chunk_word_texts
 
 _KEEP = object()  # add(max_document_chars=...) not given: the index's own limit
@@ -89,6 +96,7 @@ class IndexView:
     keys: tuple = ()  # (1, 2Hn, k_dim/2) sub-keys per FwPKM layer (sealed: the scored layers' only): all the
     # fast path reads of the memories
     words: Optional[WordLayer] = None  # the word layer (settings.word_layer), or None
+    semantic: Optional[ChunkSemanticLayer] = None  # the chunk semantic layer (settings.semantic_layer), or None
 
 
 SPILL_PREFIX = "fwpkm-sealed-"
@@ -251,6 +259,11 @@ class MemoryIndex:
         self.words: Optional[WordLayer] = WordLayer(topk=self.settings.word_topk) if self.settings.word_layer else None
         self._word_queue: list = []  # (core text, chunk id) of the chunks registered in the open transaction
         self.words_rebuilt = False  # restore_state rebuilt the word layer from the stored chunks
+        # the chunk semantic layer (settings.semantic_layer), kept like the word layer: written in prepare_write on
+        # the transaction's clone, compacted when sealed, saved in the database, rebuilt with a warning if missing
+        self.semantic: Optional[ChunkSemanticLayer] = ChunkSemanticLayer() if self.settings.semantic_layer else None
+        self._semantic_queue: list = []  # (core text, chunk id) of the chunks registered in the open transaction
+        self.semantic_rebuilt = False
         self.publish()
 
     # ---- published state (readers) --------------------------------------------------------------------------
@@ -268,7 +281,7 @@ class MemoryIndex:
             memory = tuple(self.cache.memory)
             keys = tuple(m.keys for m in memory)
         return IndexView(memory, self.provenance, self.chunk_df, self.next_chunk, self.docs, version, keys,
-                         self.words)
+                         self.words, self.semantic)
 
     @property
     def position(self) -> int:
@@ -299,7 +312,9 @@ class MemoryIndex:
             raise RuntimeError("this segment is sealed: it takes deletes only (begin_write(light=True))")
         saved = {"cache": self.cache, "provenance": self.provenance, "chunk_df": self.chunk_df,
                  "next_chunk": self.next_chunk, "next_seq": self.next_seq, "tokens_ingested": self.tokens_ingested,
-                 "at_boundary": self.at_boundary, "words": self.words}
+                 "at_boundary": self.at_boundary, "words": self.words, "semantic": self.semantic}
+        if self.semantic is not None:
+            self.semantic = self.semantic.clone()
         self.cache = self.cache.clone()
         if self.words is not None:
             self.words = self.words.clone()
@@ -327,6 +342,7 @@ class MemoryIndex:
         sub-keys + packed provenance + token counts; the rest is on disk)."""
         memory = self._spill.nbytes() if self.sealed else self.cache.nbytes()
         words = self.words.nbytes() if self.words is not None else 0
+        words += self.semantic.nbytes() if self.semantic is not None else 0
         return memory + self.provenance.nbytes() + self.chunk_df.numel() * self.chunk_df.element_size() + words
 
     def close(self) -> None:
@@ -353,8 +369,9 @@ class MemoryIndex:
             self.docs.commit()
             compact = CompactProvenance.from_table(self.provenance, scored_layers)
             words = self.words.compacted() if self.words is not None else None
+            semantic = self.semantic.compacted() if self.semantic is not None else None
             with self._publish_lock:
-                self._spill, self.cache, self.words = spill, None, words
+                self._spill, self.cache, self.words, self.semantic = spill, None, words, semantic
                 self.provenance, self.chunk_df = compact, self.chunk_df.to(torch.int32)
                 self.view = self._view(self.view.version + 1)
 
@@ -431,6 +448,10 @@ class MemoryIndex:
                 texts, ids = zip(*self._word_queue)
                 self.words.add(list(texts), list(ids))
                 self._word_queue = []
+            if self._semantic_queue:
+                texts, ids = zip(*self._semantic_queue)
+                self.semantic.add(list(texts), list(ids))
+                self._semantic_queue = []
             self._sync_meta()
 
     def commit_write(self) -> None:
@@ -449,6 +470,7 @@ class MemoryIndex:
         self._writing, self._light, self._saved = False, False, None
         self._queue = None
         self._word_queue = []
+        self._semantic_queue = []
 
     def _register(self, doc_id: str, text: str, metadata: Optional[dict],
                   doc: Optional[chunking.ChunkedDocument] = None) -> tuple[np.ndarray, list[int], list[int]]:
@@ -468,6 +490,8 @@ class MemoryIndex:
         if self.words is not None:  # written in prepare_write, on the transaction's copy
             texts = chunk_word_texts([txt[off:] for _, txt, off, _, _ in doc.spans])  # cores + the word context
             self._word_queue += [(t, first + idx) for t, (idx, *_) in zip(texts, doc.spans)]
+        if self.semantic is not None:  # written in prepare_write, on the transaction's copy
+            self._semantic_queue += [(txt[off:], first + idx) for idx, txt, off, _, _ in doc.spans]
         self.next_seq += 1
         self.chunk_df += chunking.chunk_token_counts(doc.ids, self.settings.chunk_tokens, self.chunk_df.numel())
         return (np.append(doc.ids, np.int32(self.eos)), doc.core_starts,
@@ -565,7 +589,7 @@ class MemoryIndex:
             fresh = self.rebuilt(passes=passes)
             with self._publish_lock:
                 for name in ("cache", "provenance", "chunk_df", "docs", "next_chunk", "next_seq", "tokens_ingested",
-                             "at_boundary", "_spill", "words"):
+                             "at_boundary", "_spill", "words", "semantic"):
                     setattr(self, name, getattr(fresh, name))
                 self.view = self._view(self.view.version + 1)
             # the old database is removed when the last reader's view of it is gone (DocStore's finalizer)
@@ -591,6 +615,11 @@ class MemoryIndex:
                 self.docs.put_array(f"words.{name}", tensor)
             # next_chunk: the chunk ids the saved layer covers (a later save without the layer leaves it stale)
             self.docs.set_meta("words", {**meta, "next_chunk": self.next_chunk})
+        if self.semantic is not None and not self.semantic.compact:  # (a sealed segment's: written when it sealed)
+            tensors, meta = self.semantic.state()
+            for name, tensor in tensors.items():
+                self.docs.put_array(f"semantic.{name}", tensor)
+            self.docs.set_meta("semantic", {**meta, "names": sorted(tensors), "next_chunk": self.next_chunk})
 
     def save_memory(self, folder: str) -> None:
         """The memory states and KV window into `folder` (memory-<i>.safetensors, kv.safetensors)."""
@@ -616,6 +645,7 @@ class MemoryIndex:
         except (KeyError, TypeError) as exc:
             raise StateFormatError(f"{source} lacks store counters or arrays: {exc}") from None
         self.words = self._restore_words(source) if self.settings.word_layer else None
+        self.semantic = self._restore_semantic(source) if self.settings.semantic_layer else None
         self.cache = cache
         self.publish()  # what readers see: the loaded state
 
@@ -643,6 +673,28 @@ class MemoryIndex:
         words.add(texts, [row[0] for row in rows])
         self.words_rebuilt = True
         return words
+
+    def _restore_semantic(self, source: str) -> ChunkSemanticLayer:
+        """The saved chunk semantic layer, or (a snapshot saved without it, or one whose layer is stale or of another
+        config) a layer rebuilt from the stored chunks' texts, live chunks in id order, with a warning saying so."""
+        meta = self.docs.get_meta("semantic")
+        default = dataclasses.asdict(ChunkSemanticLayer.default_config())
+        if meta is not None and meta.get("next_chunk") == self.next_chunk and meta.get("config") == default:
+            try:
+                return ChunkSemanticLayer.from_state({name: self.docs.get_array(f"semantic.{name}")
+                                                      for name in meta["names"]}, meta)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StateFormatError(f"{source} holds a semantic layer that cannot be read: {exc}") from None
+        rows = self.docs.db.execute("SELECT chunk_id, text, core_offset FROM chunks ORDER BY chunk_id").fetchall()
+        why = ("was saved without a semantic layer" if meta is None else
+               "holds a semantic layer older than its chunks" if meta.get("next_chunk") != self.next_chunk else
+               "holds a semantic layer of another config")
+        warnings.warn(f"{source} {why}: rebuilding it from the {len(rows)} stored chunks (semantic_layer=True; a "
+                      "MiniLM forward per sentence)")
+        semantic = ChunkSemanticLayer()
+        semantic.add([text[off:] for _, text, off in rows], [cid for cid, _, _ in rows])
+        self.semantic_rebuilt = True
+        return semantic
 
     # ---- documents ------------------------------------------------------------------------------------------
     def _sync_meta(self) -> None:

@@ -388,7 +388,8 @@ def load_segments(directory: str, entries: list, model, settings: StoreSettings,
             if entry["tombstones"]:
                 index.delete(entry["tombstones"])
             uid = entry["folder"].split("-")[2]
-            if index.words_rebuilt and entry["sealed"]:  # its folder lacks the layer: the next save writes it anew
+            # its folder lacks a rebuilt layer (words, semantic): the next save writes it anew
+            if (index.words_rebuilt or index.semantic_rebuilt) and entry["sealed"]:
                 uid = new_uid()
             segments[-1] = Segment(entry["id"], index, bool(entry["sealed"]), uid, tuple(entry["tombstones"]))
             if entry["sealed"]:  # compacted as it loads, so a large store never holds every segment whole

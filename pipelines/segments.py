@@ -20,7 +20,8 @@ table and its own document database of the text parts it holds) with an id and a
   strategy; only the winners' documents are read (`merged_hits`). `search_reference` is the slow, obvious
   path (a forward per segment). With `word_layer=True` each segment also scores the question by its word layer,
   and the two sources are fused over the whole store before the merge (`fuse_words`, docs/addressing.md "In
-  the store").
+  the store"); with `semantic_layer=True` its chunk semantic layer is a third source of the same fusion
+  (docs/addressing.md, "A chunk-level semantic layer").
 - A sealed segment keeps in RAM only what that ranking reads (`MemoryIndex.seal`): sub-keys, packed provenance
   of the scored layer, token counts; its memory states live on disk and are read back only for answers from
   memory and saving.
@@ -438,15 +439,16 @@ class SegmentedIndex:
                 return []
             if fused:
                 ranked = fuse_words(segments, query, rank_segments(segments, query, max(k, CANDIDATES)), k,
-                                    self.settings.word_weight)
+                                    self.settings.word_weight, semantic_weight=self.settings.semantic_weight)
             else:
                 ranked = rank_segments(segments, query, k)
             return merged_hits(segments, dbs, ranked, k, strategy, with_matches=with_matches, match_top=match_top)
 
     def _fused(self, words: Optional[bool]) -> bool:
-        """Whether a search fuses the word layer: `words`, default the store's `word_layer`."""
+        """Whether a search fuses the store's layers with the lexical ranking: `words`, default whether the store has
+        a word or a semantic layer (False: the lexical store alone)."""
         if words is None:
-            return self.settings.word_layer
+            return self.settings.word_layer or self.settings.semantic_layer
         if not isinstance(words, bool):
             raise InputTypeError(f"words must be True, False or None, got {type(words).__name__}")
         if words and not self.settings.word_layer:
@@ -467,13 +469,15 @@ class SegmentedIndex:
         memories (`retrieval.rank_view`; a sealed segment's read back from disk). Tests hold `search` to it."""
         k = check_k(k)
         ids = check_query(self.tok, query, self.settings.max_query_tokens)
-        strategy = self._strategy(strategy, self.settings.word_layer)
+        fused = self._fused(None)
+        strategy = self._strategy(strategy, fused)
         with self.snapshot() as (view, dbs), torch.no_grad():
             weight = store_idf([sv.view for sv in view.segments], ids)
-            depth = max(k, CANDIDATES) if self.settings.word_layer and k else k
+            depth = max(k, CANDIDATES) if fused and k else k
             ranked = [rank_view(sv.index, sv.view, query, depth, weight) for sv in view.segments]
-            if self.settings.word_layer and k:
-                ranked = fuse_words_reference(view.segments, query, ranked, k, self.settings.word_weight)
+            if fused and k:
+                ranked = fuse_words_reference(view.segments, query, ranked, k, self.settings.word_weight,
+                                              semantic_weight=self.settings.semantic_weight)
             per_segment = [hits_of(sv.index, sv.view, db, r, segment=sv.id)
                            for sv, r, db in zip(view.segments, ranked, dbs)]
             return merge_hits(per_segment, k, strategy)
@@ -563,7 +567,8 @@ def rank_segments(segments, query: str, k: int, threads: int = SEARCH_THREADS,
 
 
 def fusion_sources(segments, query: str, ranked: list[Ranked], word_idf: Optional[torch.Tensor] = None) -> list:
-    """[lexical, words]: per segment, {chunk id: score > 0} of its lexical ranking `ranked` and of its word layer
+    """[lexical, words] (+ [semantic] when the segments hold chunk semantic layers): per segment, {chunk id: score
+    > 0} of its lexical ranking `ranked`, of its chunk semantic layer, and of its word layer
     (deleted chunks filtered; the question's word idf `word_idf`, default counted over these segments' layers)."""
     lexical = [{c: s for c, s in zip(r.chosen, r.scores) if s > 0} for r in ranked]
     layers = [sv.view.words for sv in segments if sv.view.words is not None]
@@ -573,13 +578,36 @@ def fusion_sources(segments, query: str, ranked: list[Ranked], word_idf: Optiona
     address = layers[0].address(sorted(set(layers[0].units(query)))) if layers else None
     words = [sv.view.words.scores(query, alive=sv.view.provenance.alive, idf=word_idf, address=address)
              if sv.view.words is not None else {} for sv in segments]
-    return [lexical, words]
+    semantic = semantic_scores(segments, query)
+    return [lexical, words] if semantic is None else [lexical, words, semantic]
+
+
+def semantic_scores(segments, query: str, tensors: bool = False) -> Optional[list]:
+    """Per segment the chunk semantic layer's scores of `query` ({chunk id: score > 0}, or (ids, scores) tensors
+    with `tensors`), deleted chunks filtered; the question is embedded and addressed once for the store (its
+    layers share one config). None when no segment has the layer (settings.semantic_layer off)."""
+    layers = [sv.view.semantic for sv in segments if getattr(sv.view, "semantic", None) is not None]
+    if not layers:
+        return None
+    address = layers[0].address(layers[0].embed_question(query))
+    none = (torch.zeros(0, dtype=torch.long), torch.zeros(0))
+    out = []
+    for sv in segments:
+        layer = getattr(sv.view, "semantic", None)
+        if layer is None:
+            out.append(none if tensors else {})
+        elif tensors:
+            out.append(layer.score_tensors(query, alive=sv.view.provenance.alive, address=address))
+        else:
+            out.append(layer.scores(query, alive=sv.view.provenance.alive, address=address))
+    return out
 
 
 def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: float, *,
-               word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None) -> list[Ranked]:
+               word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None,
+               semantic_weight: float = 0.0) -> list[Ranked]:
     """`fuse_words_reference` (the same rule, the same lists and scores, to the bit) with the segments' sources
-    as tensors: every segment's (segment, chunk) scores of both sources are concatenated and fused, sorted and
+    as tensors: every segment's (segment, chunk) scores of every source are concatenated and fused, sorted and
     cut to k per segment in a handful of ops for the whole store, instead of a dict and a sort per segment."""
     G = len(segments)
     if not G:
@@ -597,13 +625,20 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
                torch.as_tensor([x for r in ranked for x in r.scores], dtype=torch.float64))
     words = (torch.repeat_interleave(torch.arange(G), torch.as_tensor([ids.numel() for ids, _ in word], dtype=torch.long)),
              torch.cat([ids for ids, _ in word]), torch.cat([sc for _, sc in word]).double())
+    tables = [lexical, words]
+    semantic = semantic_scores(segments, query, tensors=True)  # the third source: the chunk semantic layer
+    if semantic is not None:
+        tables.append((torch.repeat_interleave(torch.arange(G), torch.as_tensor([ids.numel() for ids, _ in semantic],
+                                                                                  dtype=torch.long)),
+                       torch.cat([ids for ids, _ in semantic]), torch.cat([sc for _, sc in semantic]).double()))
     sources = []
-    for seg, ids, score in (lexical, words):
+    for seg, ids, score in tables:
         keep = score > 0
         sources.append((seg[keep], ids[keep], score[keep]))
     if tops is None:  # each source's maximum over every segment (`word_layer.source_maxima`)
         tops = [float(score.max()) if score.numel() else 0.0 for _, _, score in sources]
-    parts = [(seg, ids, score * w / top) for (seg, ids, score), w, top in zip(sources, [1.0, word_weight], tops)
+    weights = [1.0, word_weight, semantic_weight]
+    parts = [(seg, ids, score * w / top) for (seg, ids, score), w, top in zip(sources, weights, tops)
              if top > 0 and w != 0]
     chosen: list[list] = [[] for _ in range(G)]
     values: list[list] = [[] for _ in range(G)]
@@ -611,7 +646,7 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
         seg, ids, value = (torch.cat(x) for x in zip(*parts))
         stride = int(ids.max()) + 1 if ids.numel() else 1
         keys, inv = torch.unique(seg * stride + ids, return_inverse=True)  # (M,) ascending (segment, chunk)
-        fused = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inv, value)  # (M,) two terms at most
+        fused = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inv, value)  # (M,) a term per source
         keys, fused = keys[fused > 0], fused[fused > 0]
         by_score = torch.sort(-fused, stable=True).indices  # best first, ties in chunk id order
         order = by_score[torch.sort(keys[by_score] // stride, stable=True).indices]  # grouped by segment
@@ -635,7 +670,8 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
 
 
 def fuse_words_reference(segments, query: str, ranked: list[Ranked], k: int, word_weight: float, *,
-               word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None) -> list[Ranked]:
+               word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None,
+               semantic_weight: float = 0.0) -> list[Ranked]:
     """Each segment's top k by the fusion of the lexical store and the word layer (docs/addressing.md, "How
     layers are combined" and "In the store"): the lexical source is each segment's ranking `ranked` (its top
     K >= k, positive scores only: chunks below K count 0 for it), the word source each segment's word layer
@@ -646,11 +682,14 @@ def fuse_words_reference(segments, query: str, ranked: list[Ranked], k: int, wor
     (score 0, id order), k in all; the question's lexical reads are kept (matched slots). The fused scores are
     comparable across segments, so a "raw" merge of these lists is the store's global top k. A Ray actor holds
     only some segments: it passes the store-wide word idf `word_idf` and the sources' maxima `tops` (the
-    driver's, over every actor). The slow, obvious path (a dict per segment, `word_layer.fuse_sources`): tests
-    hold `fuse_words` to it, and `search_reference` ranks through it."""
+    driver's, over every actor). When the segments hold chunk semantic layers (settings.semantic_layer), their
+    scores are a third source (`semantic_scores`: the question embedded once; deleted chunks filtered), divided by
+    its own maximum over the store and weighted `semantic_weight`. The slow, obvious path (a dict per segment,
+    `word_layer.fuse_sources`): tests hold `fuse_words` to it, and `search_reference` ranks through it."""
     sources = fusion_sources(segments, query, ranked, word_idf)
     out = []
-    for sv, r, fused in zip(segments, ranked, fuse_sources(sources, [1.0, word_weight], tops)):
+    weights = [1.0, word_weight, semantic_weight][: len(sources)]  # the semantic layer's only when it is there
+    for sv, r, fused in zip(segments, ranked, fuse_sources(sources, weights, tops)):
         chosen = sorted(fused, key=lambda c: (-fused[c], c))[:k]
         alive = sv.view.provenance.alive
         if len(chosen) < k and alive.numel():

@@ -66,6 +66,16 @@ its chunk by the same words in another order 59% of the time (with it 99%); at 1
 index bytes and the query latency target (docs/benchmarks.md, "Segments at 10M tokens"). Manifests written
 before the setting, which lack it, load with it off (the store they describe has no word layer)."""
 
+SEMANTIC_FIELDS = ("semantic_layer", "semantic_weight")
+"""The chunk semantic layer's settings (docs/addressing.md, "A chunk-level semantic layer"): in a store's manifest
+only when the layer is on."""
+
+DEFAULT_SEMANTIC_WEIGHT = 32.0
+"""Default `semantic_weight` (lexical 1, word layer `word_weight`): chosen on dev (`python -m
+fwpkm_rag.benchmarks.chunk_semantic bench`, `choose_weight`): the 372 dev pairs' recall@5 rose with the weight to
+74.2% at 32 (64: 73.9%; 0: 28.0%) while two train-split needles (32K and 128K, 16 distractors) kept hit@1 at every
+weight (docs/benchmarks.md, "Part B", "A chunk-level semantic layer")."""
+
 MERGE_STRATEGIES = ("raw", "max", "rrf")
 """How the segments' rankings are merged (pipelines/merge.py): raw scores (default), per-segment max, or RRF."""
 
@@ -96,6 +106,13 @@ class StoreSettings:
         `DEFAULT_WORD_WEIGHT`).
     word_topk: slots the word layer reads and writes per word (default 2, `DEFAULT_WORD_TOPK`); every segment
         of a store uses the same (its manifest records it; a store saved before the setting used 4).
+    semantic_layer: also address every chunk by the meaning of its sentences (a `ChunkSemanticLayer` per segment,
+        pipelines/chunk_semantic.py: MiniLM sentence embeddings read as product keys; docs/addressing.md "A
+        chunk-level semantic layer") and fuse its scores with the other sources, weighted `semantic_weight`.
+        Finds a chunk by a question in other words (paraphrase recall@5 60% alone, 56% fused, vs 8% without).
+        Off by default: it needs all-MiniLM-L6-v2 (the `baselines` extra) and a MiniLM forward per sentence at
+        ingest and per question. Needs merge="raw".
+    semantic_weight: the semantic layer's weight in the fusion (> 0; default 32, `DEFAULT_SEMANTIC_WEIGHT`).
     """
 
     chunk_tokens: int = 256
@@ -111,6 +128,8 @@ class StoreSettings:
     word_layer: bool = DEFAULT_WORD_LAYER  # measured: see DEFAULT_WORD_LAYER
     word_weight: float = DEFAULT_WORD_WEIGHT  # dev-chosen: see DEFAULT_WORD_WEIGHT
     word_topk: int = DEFAULT_WORD_TOPK  # measured: see DEFAULT_WORD_TOPK
+    semantic_layer: bool = False
+    semantic_weight: float = DEFAULT_SEMANTIC_WEIGHT  # dev-chosen: see DEFAULT_SEMANTIC_WEIGHT
 
     def __post_init__(self) -> None:
         # Validated in the order earlier versions did, so a call with two bad values names the same one.
@@ -134,6 +153,16 @@ class StoreSettings:
             raise ConfigError(f"word_weight must be a finite number > 0, got {w!r}")
         object.__setattr__(self, "word_weight", float(w))
         check_int("word_topk", self.word_topk, 1)
+        if not isinstance(self.semantic_layer, bool):
+            raise ConfigError(f"semantic_layer must be True or False, got {self.semantic_layer!r}")
+        w = self.semantic_weight
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (math.isfinite(w) and w > 0):
+            raise ConfigError(f"semantic_weight must be a finite number > 0, got {w!r}")
+        object.__setattr__(self, "semantic_weight", float(w))
+        if self.semantic_layer and self.merge != "raw":
+            raise ConfigError(f"semantic_layer=True ranks by the fusion of the store's sources over the whole store "
+                              f"(docs/addressing.md), which replaces the merge strategy: merge must be 'raw', got "
+                              f"{self.merge!r}")
         if self.word_layer and self.merge != "raw":
             raise ConfigError(f"word_layer=True (the default) ranks by the fusion of the lexical and word scores over "
                               f"the whole store (docs/addressing.md), which replaces the merge strategy: merge must be "
@@ -155,13 +184,13 @@ class StoreSettings:
     def store_dict(self) -> dict:
         """The settings a segmented store's manifest records (`STORE_FIELDS`, and `WORD_FIELDS` when the word
         layer is on)."""
-        names = STORE_FIELDS + (WORD_FIELDS if self.word_layer else ())
+        names = STORE_FIELDS + (WORD_FIELDS if self.word_layer else ()) + (SEMANTIC_FIELDS if self.semantic_layer else ())
         return {name: getattr(self, name) for name in names}
 
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any], **overrides: Any) -> "StoreSettings":
         """Settings from a manifest's `settings` entry, with `overrides` (any field) on top."""
-        unknown = set(saved) - set(STORE_FIELDS) - set(WORD_FIELDS)
+        unknown = set(saved) - set(STORE_FIELDS) - set(WORD_FIELDS) - set(SEMANTIC_FIELDS)
         if unknown:
             raise ConfigError(f"unknown store settings in the snapshot: {sorted(unknown)}")
         saved = dict(saved)

@@ -5,6 +5,7 @@ task and needles, alone and fused with the lexical store (issue 17, part B).
     python -m fwpkm_rag.benchmarks.chunk_semantic fit [--heads H --n-keys N]   # k-means sub-keys -> fwpkm_rag/data
     python -m fwpkm_rag.benchmarks.chunk_semantic dev [--grid]       # dev recall@5 of the layer vs flat MiniLM
     python -m fwpkm_rag.benchmarks.chunk_semantic bench              # paraphrase 2K/8K/32K + 128K needles
+    python -m fwpkm_rag.benchmarks.chunk_semantic cost               # ingest, bytes per token, query time
 
 Dev (never a test item): the 372 dev queries of the training pairs (fwpkm_rag/data/semantic_pairs.jsonl.gz,
 benchmarks/semantic_train.py), each ranked among all 3,825 pair passages (train and dev: discrimination at
@@ -352,6 +353,34 @@ class FusedSystem:
                 self.share.pop("latest")
 
 
+class StoreSystem:
+    """The store itself with the layer (`FwPKMStore(semantic_layer=True)`: the word layer on as by default, one
+    ranking over the three sources), with the suite's add / search / nbytes; its chunks are the benchmark's (chunk
+    tokens twice the benchmark's size, as the suite's FwPKMSystem). Embeds with its own MiniLM (no cache)."""
+
+    name = "store+semantic"
+
+    def __init__(self, model, chunk_size: int, weight: float):
+        from fwpkm_rag.pipelines import FwPKMStore
+
+        self.store = FwPKMStore(model=model, chunk_tokens=2 * chunk_size, semantic_layer=True, semantic_weight=weight)
+        self.n = 0
+
+    def add(self, chunks):
+        chunks = list(chunks)
+        self.store.add_texts(chunks, ids=[str(self.n + i) for i in range(len(chunks))])
+        self.n += len(chunks)
+
+    def search(self, query, k=5):
+        return [(int(d.id), float(s)) for d, s in self.store.similarity_search_with_score(query, k=k)]
+
+    def nbytes(self):
+        return int(self.store.index.nbytes())
+
+    def close(self):
+        self.store.close()
+
+
 def choose_weight(model, config, keys, chunk_size: int = 256, needle_lengths=(32768, 131072), log=_log,
                   encoder=None) -> dict:
     """The chunk-semantic weight of the fusion, on dev data only: the 372 dev pairs (recall@5 of the query's own
@@ -394,7 +423,7 @@ def choose_weight(model, config, keys, chunk_size: int = 256, needle_lengths=(32
 def bench(config, keys=None, out_dir: str = "results/chunk_semantic", paraphrase_lengths=(2048, 8192, 32768),
           paraphrase_items: int = 4, needle_lengths=(131072,), weight: float | None = None,
           systems=("bm25", "minilm-faiss-flat"), fused: bool = True, alone: dict | None = None,
-          needle_depths=(0.5,)) -> dict:
+          needle_depths=(0.5,), store: bool = False) -> dict:
     """The paraphrase task (its default seeds) and needles with 16 distractors (depth 0.5, bench split): the layer
     alone, flat MiniLM, BM25 and the fused store (lexical + word + chunk semantic, weight chosen on dev)."""
     from fwpkm_rag.benchmarks import paraphrase
@@ -423,6 +452,8 @@ def bench(config, keys=None, out_dir: str = "results/chunk_semantic", paraphrase
                                                                            cached)
         extra["fused without chunk-semantic"] = lambda: FusedSystem(model, size[0], 0.0, config, keys, share, cached)
     extra["minilm-flat-sentences"] = lambda: FlatSentences(cached)
+    if store:  # the store's own fusion (its defaults: the config must be ChunkSemanticConfig()'s)
+        extra["store+semantic"] = lambda: StoreSystem(model, size[0], weight)
     sset = SystemSet(list(systems), model=model, chunk_size=size[0], extra=extra)
     cfg = dict(paraphrase.DEFAULTS_FULL, paraphrase_lengths=tuple(paraphrase_lengths), paraphrase_items=paraphrase_items)
     par = paraphrase.run_paraphrase(sset, cfg, 5, _log)
@@ -445,6 +476,33 @@ def bench(config, keys=None, out_dir: str = "results/chunk_semantic", paraphrase
     write_text(out_dir, "chunk_semantic.md", "\n".join(md) + "\n")
     _log(f"done in {result['seconds']} s: {out_dir}/chunk_semantic.md")
     return result
+
+
+def cost(n_tokens: int = 65536, chunk_size: int = 256, seed: int = 5, config=None) -> dict:
+    """The layer's ingest time, entries and bytes per corpus token (open and sealed) on a train-split haystack, and
+    its mean query time over 5 questions (the MiniLM forward included)."""
+    from fwpkm_rag.data.corpora import haystack
+    from fwpkm_rag.data.needles import chunk_text
+    from fwpkm_rag.pipelines.chunk_semantic import ChunkSemanticLayer, split_sentences
+
+    chunks = [c.text for c in chunk_text(haystack(n_tokens, seed=seed, split="train"), chunk_size)]
+    layer = ChunkSemanticLayer(config)
+    layer.encoder.encode(["warm up"])
+    start = time.perf_counter()
+    layer.add(chunks, list(range(len(chunks))))
+    ingest = time.perf_counter() - start
+    sealed = layer.compacted()
+    questions = ["What did the committee decide about the budget?", "How is the file opened for reading?",
+                 "Which module handles dates?", "Why was the bridge closed?", "Who wrote the first draft?"]
+    start = time.perf_counter()
+    for q in questions:
+        layer.scores(q)
+    return dict(tokens=n_tokens, chunks=len(chunks), sentences=sum(len(split_sentences(c)) for c in chunks),
+                ingest_s=round(ingest, 1), tokens_per_s=round(n_tokens / ingest), entries=layer.table.n_entries,
+                bytes_open=layer.nbytes(), bytes_sealed=sealed.nbytes(),
+                bytes_per_token_open=round(layer.nbytes() / n_tokens, 2),
+                bytes_per_token_sealed=round(sealed.nbytes() / n_tokens, 2),
+                query_ms=round(1000 * (time.perf_counter() - start) / len(questions), 1))
 
 
 def dataclasses_asdict(config) -> dict:
@@ -477,12 +535,17 @@ def main(argv=None) -> int:
     b.add_argument("--needle-depths", type=float, nargs="+", default=[0.5])
     b.add_argument("--weight", type=float, default=None, help="fused weight (default: chosen on dev)")
     b.add_argument("--no-fused", action="store_true")
+    b.add_argument("--store", action="store_true", help="also FwPKMStore(semantic_layer=True) itself (default config)")
     b.add_argument("--systems", nargs="*", default=["bm25", "minilm-faiss-flat"])
     b.add_argument("--alone", default=None, help="JSON {name: config fields}: several layer configs alone (no fused)")
+    sub.add_parser("cost", help="ingest time, bytes per token and query time of the default layer (64K tokens)")
     args = ap.parse_args(argv)
     if args.threads < 1:
         raise ConfigError("--threads must be >= 1")
     torch.set_num_threads(args.threads)
+    if args.cmd == "cost":
+        print(json.dumps(cost()))
+        return 0
     emb = pair_embeddings()
     if args.cmd == "embed":
         print(json.dumps({k: list(v.shape) for k, v in emb.items()}))
@@ -520,7 +583,8 @@ def main(argv=None) -> int:
                 c = ChunkSemanticConfig(**fields)
                 alone[name] = (c, keys_for(c, emb, cache))
         bench(cfg, keys, args.out, tuple(args.paraphrase_lengths), args.paraphrase_items, tuple(args.needle_lengths),
-              args.weight, tuple(args.systems), not args.no_fused and not alone, alone, tuple(args.needle_depths))
+              args.weight, tuple(args.systems), not args.no_fused and not alone, alone, tuple(args.needle_depths),
+              args.store)
     return 0
 
 

@@ -58,3 +58,14 @@ def test_flat_sentences_scores_a_chunk_by_its_best_sentence():
     hits = flat.search("q", 2)
     assert [i for i, _ in hits] == [1, 0]
     assert abs(hits[0][1] - float(vec["q"] @ vec["C c."])) < 1e-5
+
+
+def test_cost_counts_entries_and_bytes_of_a_real_layer():
+    from fwpkm_rag.benchmarks.chunk_semantic import cost
+
+    c = cost(n_tokens=1024, chunk_size=128)
+    per_sentence = 32 * 2  # the default config writes 2 slots in each of 32 heads per sentence
+    assert 0 < c["entries"] <= c["sentences"] * per_sentence and c["chunks"] >= 8
+    # sealed: chunk ids in 16 bits instead of 32, the same entries (slot int32 + id + float16 strength)
+    assert c["bytes_sealed"] == c["bytes_open"] - 2 * c["entries"]
+    assert c["bytes_per_token_sealed"] == round(c["bytes_sealed"] / 1024, 2) and c["query_ms"] > 0

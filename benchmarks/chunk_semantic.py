@@ -523,10 +523,10 @@ def main(argv=None) -> int:
     d.add_argument("--out", default="results/chunk_semantic/dev.json")
     f = sub.add_parser("fit", help="k-means sub-keys on the train pairs -> fwpkm_rag/data")
     f.add_argument("--config", default="{}", help="JSON config fields (heads, n_keys, seed, ...)")
-    f.add_argument("--out", default=None, help="default: the shipped path")
+    f.add_argument("--out", default=None, help="default: fwpkm_rag/data/chunk_semantic_keys.safetensors")
     b = sub.add_parser("bench", help="paraphrase task + needles, alone and fused")
     b.add_argument("--config", default="{}", help="JSON config fields")
-    b.add_argument("--keys", default=None, help="sub-keys file (default: the shipped one when keys = kmeans; 'fit': "
+    b.add_argument("--keys", default=None, help="sub-keys file (default: default_keys_path() when keys = kmeans; 'fit': "
                    "fitted now on the train pairs, not saved)")
     b.add_argument("--out", default="results/chunk_semantic")
     b.add_argument("--paraphrase-lengths", type=int, nargs="+", default=[2048, 8192, 32768])

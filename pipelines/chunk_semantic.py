@@ -10,8 +10,8 @@ keys: similar texts land on the same slots.
     e            (384,) the text's MiniLM sentence embedding (unit norm)
     q_h          = e[perm_h]                    head h's query: a fixed permutation of e's dimensions (head 0:
                                                  none), so the heads split the vector into different halves
-    sub-keys     per head two books of n keys of 192 dims (random directions, or k-means centroids of each
-                 half fitted on the project's own training text: fwpkm_rag/data/chunk_semantic_keys.safetensors)
+    sub-keys     per head two books of n keys of 192 dims: seeded random directions (the default, chosen on dev),
+                 or k-means centroids of each half fitted on the training pairs (`fit_keys`; measured, not shipped)
     slots, w     FwPKM's read (kernels' `product_key_topk`, IDW scores, top-k per book then top-k of the k^2
                  candidates; `read_weights` at temperature `temperature`: softmax over the H*k selections)
 
@@ -57,8 +57,9 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def default_keys_path() -> Path:
-    """The shipped k-means sub-keys: chunk_semantic_keys.safetensors in fwpkm_rag's data package (the command that
-    fitted them is in the file's metadata)."""
+    """Where `python -m fwpkm_rag.benchmarks.chunk_semantic fit` writes k-means sub-keys by default:
+    chunk_semantic_keys.safetensors in fwpkm_rag's data package (the command is in the file's metadata). No such
+    file ships: random keys did better on the haystack-shaped dev set (docs/benchmarks.md, "Part B")."""
     import fwpkm_rag.data as data
 
     return Path(data.__file__).resolve().parent / "chunk_semantic_keys.safetensors"
@@ -250,7 +251,7 @@ def save_keys(path, keys: Tensor, config: ChunkSemanticConfig, metadata: Optiona
 
 
 def load_keys(config: ChunkSemanticConfig, path=None) -> Tensor:
-    """The fitted sub-keys for `config` from `path` (default: the shipped file); its heads, n_keys and seed must
+    """The fitted sub-keys for `config` from `path` (default: `default_keys_path()`); its heads, n_keys and seed must
     equal the config's."""
     from safetensors import safe_open
 
@@ -412,7 +413,7 @@ class ChunkSemanticLayer:
 
     ``add(chunk_texts, chunk_ids)``; ``scores(question) -> {chunk id: score > 0}``. Chunk ids are ints >= 0, dense
     like a store's (liveness is one flag per id up to the largest). `keys`: sub-keys to use instead of the config's
-    (for fitted keys not yet shipped); `encoder`: anything with ``encode(texts) -> (n, 384)`` unit vectors."""
+    (fitted ones); `keys_path`: a file of fitted keys (config keys="kmeans"); `encoder`: anything with ``encode(texts) -> (n, 384)`` unit vectors."""
 
     name = "chunk-semantic"
 
@@ -578,7 +579,7 @@ class ChunkSemanticLayer:
 
     def state(self) -> tuple[dict, dict]:
         """(tensors, meta) for a store's database: the provenance table, the count of chunks and the config (the
-        sub-keys come from the config: random by seed, or the shipped file; random ones are not saved)."""
+        sub-keys come from the config's seed, so random ones are not saved; fitted ones are)."""
         if self.compact:
             raise RuntimeError("a compacted chunk semantic layer has no full table to save")
         tensors = dict(self.table.tensors())

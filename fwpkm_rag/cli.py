@@ -115,7 +115,8 @@ def _ingest(args: argparse.Namespace) -> int:
         return _ingest_ray(args, limit)
     try:
         model = _load_model(args.model)
-        words = {} if args.word_layer is None else {"word_layer": args.word_layer}
+        words = {name: value for name, value in (("word_layer", args.word_layer),
+                                                  ("semantic_layer", args.semantic_layer)) if value is not None}
         if os.path.exists(os.path.join(args.store, "CURRENT")):
             store = FwPKMStore.load(args.store, model=model, show_progress=True, max_document_chars=limit, **words)
             print(f"extending the store in {args.store} ({len(store)} documents)")
@@ -152,7 +153,8 @@ def _ingest_ray(args: argparse.Namespace, limit) -> int:
         return _fail(str(exc))
     model = _load_model(args.model) if args.model else None  # None: every actor loads the shipped model itself
     ray_args = dict(num_workers=args.workers, address=args.address, threads=args.threads,
-                    **({} if args.word_layer is None else {"word_layer": args.word_layer}))
+                    **({} if args.word_layer is None else {"word_layer": args.word_layer}),
+                    **({} if args.semantic_layer is None else {"semantic_layer": args.semantic_layer}))
     store = None
     try:
         if os.path.exists(os.path.join(args.store, "CURRENT")):
@@ -343,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "questions in another word order and dense lists of near-duplicate facts. Default: on for a "
                           "new store, as saved for an existing one; --word-layer on a store saved without it "
                           "rebuilds it (with a warning), --no-word-layer drops it")
+    ing.add_argument("--semantic-layer", action=argparse.BooleanOptionalAction, default=None,
+                     help="address every chunk by the meaning of its sentences too (FwPKMStore(semantic_layer=True), "
+                          "docs/addressing.md): questions in other words; needs the baselines extra (MiniLM) and costs "
+                          "a MiniLM forward per sentence. Default: off for a new store, as saved for an existing one")
     ing.set_defaults(run=_ingest)
     ask = sub.add_parser("ask", help="retrieve chunks for a question from a store; a reader (SmolLM2) answers from them")
     ask.add_argument("question")

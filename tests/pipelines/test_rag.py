@@ -275,16 +275,37 @@ def test_corrupted_snapshots_and_wrong_models_give_clear_errors(small_model, tmp
         FwPKMStore.load(tmp_path / "s", model=small_model)
 
 
-def test_cli_ingest_word_layer_builds_a_store_with_its_word_layer(small_model, tmp_path):
+def test_cli_ingest_word_and_semantic_layer_flags(small_model, tmp_path):
+    """ingest: the word layer on by default, --no-word-layer drops it from a saved store, --word-layer rebuilds it;
+    --semantic-layer adds the chunk semantic layer (MiniLM, the baselines extra)."""
     from fwpkm_rag.cli import main
 
     model_dir = tmp_path / "model"
     small_model.save_pretrained(model_dir)
     (tmp_path / "a.txt").write_text("Locker HF-871 holds 792905. Locker HF-879 holds 101010. " * 3)
+    (tmp_path / "b.txt").write_text("The harbour lantern was painted teal by the decorators.")
     common = ["--store", str(tmp_path / "store"), "--model", str(model_dir), "--threads", "1"]
-    assert main(["ingest", str(tmp_path / "a.txt"), "--word-layer"] + common) == 0
-    store = FwPKMStore.load(tmp_path / "store", model=small_model)
-    assert store.settings.word_layer and all(s.index.words is not None for s in store.index.segments)
+
+    def layers():
+        store = FwPKMStore.load(tmp_path / "store", model=small_model)
+        segs = store.index.segments
+        out = (store.settings.word_layer, all(s.index.words is not None for s in segs),
+               store.settings.semantic_layer, all(getattr(s.index, "semantic", None) is not None for s in segs))
+        store.close()
+        return out
+
+    assert main(["ingest", str(tmp_path / "a.txt")] + common) == 0
+    assert layers() == (True, True, False, False)
+    assert main(["ingest", str(tmp_path / "b.txt"), "--no-word-layer"] + common) == 0
+    assert layers()[:2] == (False, False)
+    with pytest.warns(UserWarning, match="rebuilding"):
+        assert main(["ingest", str(tmp_path / "b.txt"), "--word-layer"] + common) == 0
+    assert layers()[:2] == (True, True)
+    other = ["--store", str(tmp_path / "sem"), "--model", str(model_dir), "--threads", "1"]
+    assert main(["ingest", str(tmp_path / "b.txt"), "--semantic-layer"] + other) == 0
+    store = FwPKMStore.load(tmp_path / "sem", model=small_model)
+    assert store.settings.semantic_layer and store.settings.word_layer
+    assert store.similarity_search("What colour did the decorators apply to the lamp by the port?", k=1)
     store.close()
 
 

@@ -46,7 +46,7 @@ import threading
 import time
 from typing import Iterable, Optional
 
-from fwpkm_rag.errors import ConfigError, FwPKMError, InputError, check_int
+from fwpkm_rag.errors import ConfigError, FwPKMError, InputError, InputTypeError, check_int
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import dump_metadata
 from fwpkm_rag.pipelines.merge import merge_hits
@@ -204,7 +204,7 @@ class SegmentWorker:
 
     def _ranked(self, view, query: str, k: int, idf, fusion) -> list:
         """This actor's segments ranked: lexical top k, or with `fusion` = (word idf list, source maxima, word
-        weight) the fused top k (`segments.fuse_words`) from a lexical top max(k, CANDIDATES)."""
+        weight, semantic weight) the fused top k (`segments.fuse_words`) from a lexical top max(k, CANDIDATES)."""
         import torch
 
         from fwpkm_rag.pipelines.segments import rank_segments
@@ -216,14 +216,17 @@ class SegmentWorker:
                 return rank_segments(view.segments, query, k, idf=counts)
             from fwpkm_rag.pipelines.segments import fuse_words
 
-            word_idf, tops, weight = fusion
+            word_idf, tops, weight, semantic_weight = fusion
             ranked = rank_segments(view.segments, query, max(k, CANDIDATES), idf=counts)
             word_idf = None if word_idf is None else torch.as_tensor(word_idf, dtype=torch.float32)
-            return fuse_words(view.segments, query, ranked, k, weight, word_idf=word_idf, tops=tops)
+            return fuse_words(view.segments, query, ranked, k, weight, word_idf=word_idf, tops=tops,
+                              semantic_weight=semantic_weight)
 
     def source_maxima(self, query: str, k: int, idf: tuple, word_idf: Optional[list]) -> list:
-        """[lexical, word layer]: each source's maximum score over this actor's segments for the question (the
-        store-wide idf given), which the driver reduces to the store's maxima for the fusion."""
+        """[lexical, word layer] (+ [chunk semantic layer] when the store has it): each source's maximum score over
+        this actor's segments for the question (the store-wide idf given), which the driver reduces to the store's
+        maxima for the fusion. The semantic layer's scores need no store-wide counts (no slot idf by default;
+        with one, each segment's own, as in a local store)."""
         import torch
 
         from fwpkm_rag.pipelines.segments import fusion_sources, rank_segments
@@ -241,7 +244,8 @@ class SegmentWorker:
                fusion: Optional[tuple] = None) -> list:
         """[(segment id, that segment's own top k as Hits)] for every segment of this actor, in order; the
         question's tokens weighted by the store-wide idf counts `idf` = (N, df list) (default: this actor's);
-        `fusion` = (word idf, source maxima, word weight): fused with the word layer over the whole store."""
+        `fusion` = (word idf, source maxima, word weight, semantic weight): fused with the word layer (and the
+        chunk semantic layer) over the whole store."""
         from fwpkm_rag.pipelines.retrieval import check_query, hits_of
 
         idx = self.index
@@ -311,9 +315,6 @@ class DistributedIndex:
         self.cpus_per_worker = cpus_per_worker
         settings = StoreSettings() if settings is None else settings
         self.settings = settings.replace(**settings_kwargs) if settings_kwargs else settings
-        if self.settings.semantic_layer:
-            raise ConfigError("semantic_layer=True is not supported by the Ray store yet (FwPKMStore has it; "
-                              "docs/addressing.md, \"A chunk-level semantic layer\")")
         self.model = model
         self.lock = threading.RLock()  # one write (or save) at a time, like SegmentedIndex
         self._owns_ray = False
@@ -529,11 +530,15 @@ class DistributedIndex:
     def search(self, query: str, k: int, *, with_matches: bool = False, match_top: int = 8,
                strategy: Optional[str] = None, words: Optional[bool] = None) -> list[Hit]:
         """Every actor ranks each of its segments' top k; the driver merges them (merge_hits, segment-id order).
-        With the word layer (`words`, default the store's `word_layer`) one more round: each actor's maxima of
-        the two sources, whose maximum over the actors every actor's fusion divides by, as the local store's."""
+        With the word layer or the chunk semantic layer (`words`, default: whether the store has either) one more
+        round: each actor's maxima of the sources, whose maximum over the actors every actor's fusion divides by,
+        as the local store's."""
         k = check_k(k)
-        words = self.settings.word_layer if words is None else words
-        if words and not self.settings.word_layer:
+        if words is None:  # as SegmentedIndex._fused
+            words = self.settings.word_layer or self.settings.semantic_layer
+        elif not isinstance(words, bool):
+            raise InputTypeError(f"words must be True, False or None, got {type(words).__name__}")
+        elif words and not self.settings.word_layer:
             raise InputError("words=True needs a store built with word_layer=True")
         strategy = self.settings.merge if strategy is None else strategy
         if words and strategy != "raw":
@@ -541,7 +546,9 @@ class DistributedIndex:
                              f"(docs/addressing.md); the merge strategy can only be 'raw', got {strategy!r}")
         idf = fusion = None
         if k:  # the store-wide idf: every actor's counts added (a write between the calls may shift them)
-            counts = self._call({s: (lambda a: a.idf_counts.remote(query, words)) for s in range(self.num_workers)})
+            with_words = words and self.settings.word_layer
+            counts = self._call({s: (lambda a: a.idf_counts.remote(query, with_words))
+                                 for s in range(self.num_workers)})
             idf = (sum(c[0] for c in counts.values()), [sum(col) for col in zip(*(c[1] for c in counts.values()))])
             if words:
                 fusion = self._fusion(query, k, idf, [c[2] for c in counts.values() if c[2] is not None])
@@ -551,7 +558,8 @@ class DistributedIndex:
         return merge_hits([hits for _, hits in per_segment], k, strategy)
 
     def _fusion(self, query: str, k: int, idf: tuple, word_counts: list) -> tuple:
-        """(word idf list, [lexical max, word max] over every actor, word weight) for the actors' fusion."""
+        """(word idf list, [lexical max, word max (, semantic max)] over every actor, word weight, semantic weight)
+        for the actors' fusion."""
         import torch
 
         from fwpkm_rag.pipelines.word_layer import idf_from_counts
@@ -562,8 +570,9 @@ class DistributedIndex:
             word_idf = idf_from_counts(sum(n for n, _ in word_counts), writes).tolist()
         maxima = self._call({s: (lambda a: a.source_maxima.remote(query, k, idf, word_idf))
                              for s in range(self.num_workers)})
-        tops = [max(col) for col in zip(*maxima.values())]
-        return word_idf, tops, self.settings.word_weight
+        n_sources = 3 if self.settings.semantic_layer else 2
+        tops = [max((m[i] if i < len(m) else 0.0) for m in maxima.values()) for i in range(n_sources)]
+        return word_idf, tops, self.settings.word_weight, self.settings.semantic_weight
 
     def get(self, doc_ids: Iterable[str]) -> list:
         doc_ids = list(doc_ids)

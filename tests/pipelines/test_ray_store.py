@@ -119,6 +119,37 @@ def test_two_workers_with_the_word_layer_rank_like_the_saved_store_loaded_locall
         store.close()
 
 
+def test_two_workers_with_the_semantic_layer_rank_like_the_saved_store_loaded_locally(tmp_path):
+    """semantic_layer=True on Ray (each actor's segments keep their chunk semantic layers, all-MiniLM-L6-v2 loaded
+    in the actors): the maxima round carries the third source, and the ranking equals the local store's over the
+    same saved segments; words=False still ranks by the lexical store alone."""
+    store = RayFwPKMStore(num_workers=2, model=MODEL, semantic_layer=True, **SETTINGS)
+    try:
+        store.add_texts(TEXTS[:12], ids=IDS[:12])
+        assert store.settings.semantic_layer and store.settings.word_layer
+        queries = QUERIES + ["how often does the combination change", "a bridge over the water"]
+        got = [[(h.doc_id, h.chunk_index, h.rank, h.score) for h in store.search_with_provenance(q, k=5)]
+               for q in queries]
+        store.save(tmp_path / "s")
+        loaded = FwPKMStore.load(tmp_path / "s", model=MODEL)
+        try:
+            assert loaded.settings.semantic_layer
+            assert all(s.index.semantic is not None for s in loaded.index.segments)
+            want = [[(h.doc_id, h.chunk_index, h.rank, h.score) for h in loaded.search_with_provenance(q, k=5)]
+                    for q in queries]
+            same_rankings(got, want, rel=1e-5)
+            without = FwPKMStore.load(tmp_path / "s", model=MODEL, semantic_layer=False)  # the layer counts
+            assert [[h.score for h in without.search_with_provenance(q, k=5)] for q in queries] != \
+                [[h[3] for h in r] for r in want]
+            without.close()
+            assert [[h.doc_id for h in store.index.search(q, 5, words=False)] for q in queries] == \
+                [[h.doc_id for h in loaded.index.search(q, 5, words=False)] for q in queries]
+        finally:
+            loaded.close()
+    finally:
+        store.close()
+
+
 def test_ray_opens_a_local_folder_and_saves_it_back(local_store, tmp_path):
     local_store.save(tmp_path / "local")
     store = RayFwPKMStore.load(tmp_path / "local", model=MODEL, num_workers=2)

@@ -329,8 +329,4 @@ def test_semantic_settings_are_validated():
     assert DEFAULT_WORD_WEIGHT == StoreSettings().word_weight
 
 
-def test_the_ray_store_refuses_the_layer_with_a_clear_error():
-    from fwpkm_rag.pipelines.distributed import DistributedIndex
-
-    with pytest.raises(ConfigError, match="not supported by the Ray store"):
-        DistributedIndex(None, StoreSettings(semantic_layer=True), num_workers=1)
+# The Ray store with the layer: tests/pipelines/test_ray_store.py (the actors load the real encoder).

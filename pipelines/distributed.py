@@ -46,7 +46,7 @@ import threading
 import time
 from typing import Iterable, Optional
 
-from fwpkm_rag.errors import ConfigError, FwPKMError, InputError, InputTypeError, check_int
+from fwpkm_rag.errors import FwPKMError, InputError, InputTypeError, check_int
 from fwpkm_rag.pipelines import chunking
 from fwpkm_rag.pipelines.docstore import dump_metadata
 from fwpkm_rag.pipelines.merge import merge_hits

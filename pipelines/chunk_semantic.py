@@ -48,6 +48,7 @@ from torch import Tensor
 
 from fwpkm_rag.errors import ConfigError, InputError, InputTypeError, check_int
 from fwpkm_rag.kernels.product_key import product_key_topk, read_weights
+from fwpkm_rag.pipelines.provenance import chunk_totals
 
 DIM = 384  # all-MiniLM-L6-v2's embedding width
 UNITS = ("chunk", "sentence")
@@ -533,16 +534,7 @@ class ChunkSemanticLayer:
             read = read * idf.pow(c.idf_power)
         which, ids, strength = table.entries(0, slots)
         contrib = read[which] * (strength / (strength + c.saturation) if c.saturation else strength)
-        valid = table.alive[ids]
-        if alive is not None:
-            valid &= alive[ids]
-        contrib, ids = contrib[valid], ids[valid]
-        if not ids.numel():
-            return none
-        uniq, inv = torch.unique(ids, return_inverse=True)
-        total = torch.zeros(uniq.numel()).index_add_(0, inv, contrib)
-        keep = total > 0
-        return uniq[keep], total[keep]
+        return chunk_totals(contrib, ids, table.alive, alive)
 
     def scores(self, question: str, alive: Optional[Tensor] = None, address: Optional[tuple] = None) -> dict:
         """{chunk id: score > 0} for the question (read-only)."""

@@ -16,6 +16,7 @@ where the segment has fewer than 65,536 chunks. The full table goes to the segme
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -198,3 +199,20 @@ class CompactProvenance:
         first = torch.repeat_interleave(count.cumsum(0) - count, count)  # (E,) where each read's run begins
         pos = start[which] + torch.arange(which.numel()) - first  # (E,) into the packed arrays
         return which, self.chunk[layer][pos].long(), self.strength[layer][pos].float()
+
+
+def chunk_totals(contrib: Tensor, ids: Tensor, *alive: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Each chunk's summed contribution over its entries (`contrib` (E,), chunk `ids` (E,) int64), entries of a
+    chunk that any of the `alive` flag tensors (None: skipped) marks deleted dropped: (chunk ids (M,) ascending,
+    totals (M,)), positive totals only. The addressing layers' last step (word_layer, chunk_semantic)."""
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    for flags in alive:
+        if flags is not None:
+            valid &= flags[ids]
+    contrib, ids = contrib[valid], ids[valid]
+    if not ids.numel():
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    uniq, inv = torch.unique(ids, return_inverse=True)
+    total = torch.zeros(uniq.numel()).index_add_(0, inv, contrib)  # (M,)
+    keep = total > 0
+    return uniq[keep], total[keep]

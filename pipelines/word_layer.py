@@ -50,7 +50,7 @@ from torch import Tensor
 
 from fwpkm_rag.errors import ConfigError, InputError, InputTypeError, check_int
 from fwpkm_rag.kernels.product_key import product_key_topk, read_weights
-from fwpkm_rag.pipelines.provenance import CompactProvenance, ProvenanceTable
+from fwpkm_rag.pipelines.provenance import CompactProvenance, ProvenanceTable, chunk_totals
 
 _WORD = re.compile(r"\w+")
 UNITS = ("word", "token")
@@ -219,16 +219,7 @@ class WordLayer:
         # every writer of the slots read, slot by slot (a full table or a sealed segment's packed one alike)
         which, ids, strength = table.entries(0, slots.reshape(-1))  # (E,) each
         contrib = read[which] * strength / (strength + c.saturation)  # (E,)
-        valid = table.alive[ids]
-        if alive is not None:
-            valid &= alive[ids]
-        contrib, ids = contrib[valid], ids[valid]
-        if not ids.numel():
-            return none
-        uniq, inv = torch.unique(ids, return_inverse=True)
-        total = torch.zeros(uniq.numel()).index_add_(0, inv, contrib)  # (M,)
-        keep = total > 0
-        return uniq[keep], total[keep]
+        return chunk_totals(contrib, ids, table.alive, alive)
 
     # ---- the store's uses: transactions, sealing, persistence -------------------------------------------------
     @property

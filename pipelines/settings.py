@@ -74,7 +74,9 @@ DEFAULT_SEMANTIC_WEIGHT = 32.0
 """Default `semantic_weight` (lexical 1, word layer `word_weight`): chosen on dev (`python -m
 fwpkm_rag.benchmarks.chunk_semantic bench`, `choose_weight`): the 372 dev pairs' recall@5 rose with the weight to
 74.2% at 32 (64: 73.9%; 0: 28.0%) while two train-split needles (32K and 128K, 16 distractors) kept hit@1 at every
-weight (docs/benchmarks.md, "Part B", "A chunk-level semantic layer")."""
+weight (docs/benchmarks.md, "Part B", "A chunk-level semantic layer"). Asked every needle of a 128K item (16
+distractors), the store with the layer finds 76% hit@5 at 32 and 100% only at <= 2, where paraphrase recall falls
+(docs/benchmarks.md, "The needles with every needle asked"): no one weight serves both kinds of question yet."""
 
 MERGE_STRATEGIES = ("raw", "max", "rrf")
 """How the segments' rankings are merged (pipelines/merge.py): raw scores (default), per-segment max, or RRF."""
@@ -109,7 +111,8 @@ class StoreSettings:
     semantic_layer: also address every chunk by the meaning of its sentences (a `ChunkSemanticLayer` per segment,
         pipelines/chunk_semantic.py: MiniLM sentence embeddings read as product keys; docs/addressing.md "A
         chunk-level semantic layer") and fuse its scores with the other sources, weighted `semantic_weight`.
-        Finds a chunk by a question in other words (paraphrase recall@5 60% alone, 56% fused, vs 8% without).
+        Finds a chunk by a question in other words (paraphrase recall@5 60% alone, 56% fused, vs 8% without), at a
+        cost to exact-key needles (128K, every needle asked: 76% hit@5 at the default weight).
         Off by default: it needs all-MiniLM-L6-v2 (the `baselines` extra) and a MiniLM forward per sentence at
         ingest and per question. Needs merge="raw".
     semantic_weight: the semantic layer's weight in the fusion (> 0; default 32, `DEFAULT_SEMANTIC_WEIGHT`).

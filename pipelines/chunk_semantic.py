@@ -48,7 +48,7 @@ from torch import Tensor
 
 from fwpkm_rag.errors import ConfigError, InputError, InputTypeError, check_int
 from fwpkm_rag.kernels.product_key import product_key_topk, read_weights
-from fwpkm_rag.pipelines.provenance import chunk_totals
+from fwpkm_rag.pipelines.provenance import chunk_totals, positive_entries
 
 DIM = 384  # all-MiniLM-L6-v2's embedding width
 UNITS = ("chunk", "sentence")
@@ -338,10 +338,7 @@ class SparseProvenance:
         `per_slot` strongest live writers (as `ProvenanceTable.record`)."""
         if self.frozen:
             raise RuntimeError("a frozen provenance table takes no writes (a sealed segment's)")
-        slots, chunk_ids = slots.reshape(-1).long(), chunk_ids.reshape(-1).long()
-        strength = strength.reshape(-1).float()
-        keep = strength > 0
-        slots, chunk_ids, strength = slots[keep], chunk_ids[keep], strength[keep]
+        slots, chunk_ids, strength = positive_entries(slots, chunk_ids, strength)
         if not slots.numel():
             return
         if int(slots.min()) < 0 or int(slots.max()) >= self.n_slots:

@@ -69,10 +69,7 @@ class ProvenanceTable:
     # ---- writes ---------------------------------------------------------------------------------------------
     def record(self, layer: int, slots: Tensor, chunk_ids: Tensor, strength: Tensor) -> None:
         """Add write entries: slots, chunk_ids, strength all (E,). Entries of one (slot, chunk) are summed."""
-        slots, chunk_ids = slots.reshape(-1).long(), chunk_ids.reshape(-1).long()
-        strength = strength.reshape(-1).float()
-        keep = strength > 0
-        slots, chunk_ids, strength = slots[keep], chunk_ids[keep], strength[keep]
+        slots, chunk_ids, strength = positive_entries(slots, chunk_ids, strength)
         if not slots.numel():
             return
         self.reserve(int(chunk_ids.max()) + 1)
@@ -199,6 +196,15 @@ class CompactProvenance:
         first = torch.repeat_interleave(count.cumsum(0) - count, count)  # (E,) where each read's run begins
         pos = start[which] + torch.arange(which.numel()) - first  # (E,) into the packed arrays
         return which, self.chunk[layer][pos].long(), self.strength[layer][pos].float()
+
+
+def positive_entries(slots: Tensor, chunk_ids: Tensor, strength: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Write entries as a table records them: flattened, slots and chunk ids int64, strength float32, and only
+    the entries of positive strength (a zero write changes nothing). Shared by the provenance tables."""
+    slots, chunk_ids = slots.reshape(-1).long(), chunk_ids.reshape(-1).long()
+    strength = strength.reshape(-1).float()
+    keep = strength > 0
+    return slots[keep], chunk_ids[keep], strength[keep]
 
 
 def chunk_totals(contrib: Tensor, ids: Tensor, *alive: Optional[Tensor]) -> tuple[Tensor, Tensor]:

@@ -204,7 +204,7 @@ class SegmentWorker:
 
     def _ranked(self, view, query: str, k: int, idf, fusion) -> list:
         """This actor's segments ranked: lexical top k, or with `fusion` = (word idf list, source maxima, word
-        weight, semantic weight) the fused top k (`segments.fuse_words`) from a lexical top max(k, CANDIDATES)."""
+        weight, semantic weight, semantic power) the fused top k (`segments.fuse_words`) from a lexical top max(k, CANDIDATES)."""
         import torch
 
         from fwpkm_rag.pipelines.segments import rank_segments
@@ -216,11 +216,11 @@ class SegmentWorker:
                 return rank_segments(view.segments, query, k, idf=counts)
             from fwpkm_rag.pipelines.segments import fuse_words
 
-            word_idf, tops, weight, semantic_weight = fusion
+            word_idf, tops, weight, semantic_weight, semantic_power = fusion
             ranked = rank_segments(view.segments, query, max(k, CANDIDATES), idf=counts)
             word_idf = None if word_idf is None else torch.as_tensor(word_idf, dtype=torch.float32)
             return fuse_words(view.segments, query, ranked, k, weight, word_idf=word_idf, tops=tops,
-                              semantic_weight=semantic_weight)
+                              semantic_weight=semantic_weight, semantic_power=semantic_power)
 
     def source_maxima(self, query: str, k: int, idf: tuple, word_idf: Optional[list]) -> list:
         """[lexical, word layer] (+ [chunk semantic layer] when the store has it): each source's maximum score over
@@ -244,8 +244,8 @@ class SegmentWorker:
                fusion: Optional[tuple] = None) -> list:
         """[(segment id, that segment's own top k as Hits)] for every segment of this actor, in order; the
         question's tokens weighted by the store-wide idf counts `idf` = (N, df list) (default: this actor's);
-        `fusion` = (word idf, source maxima, word weight, semantic weight): fused with the word layer (and the
-        chunk semantic layer) over the whole store."""
+        `fusion` = (word idf, source maxima, word weight, semantic weight, semantic power): fused with the word
+        layer (and the chunk semantic layer) over the whole store."""
         from fwpkm_rag.pipelines.retrieval import check_query, hits_of
 
         idx = self.index
@@ -558,8 +558,8 @@ class DistributedIndex:
         return merge_hits([hits for _, hits in per_segment], k, strategy)
 
     def _fusion(self, query: str, k: int, idf: tuple, word_counts: list) -> tuple:
-        """(word idf list, [lexical max, word max (, semantic max)] over every actor, word weight, semantic weight)
-        for the actors' fusion."""
+        """(word idf list, [lexical max, word max (, semantic max)] over every actor, word weight, semantic weight,
+        semantic power) for the actors' fusion."""
         import torch
 
         from fwpkm_rag.pipelines.word_layer import idf_from_counts
@@ -572,7 +572,7 @@ class DistributedIndex:
                              for s in range(self.num_workers)})
         n_sources = 3 if self.settings.semantic_layer else 2
         tops = [max((m[i] if i < len(m) else 0.0) for m in maxima.values()) for i in range(n_sources)]
-        return word_idf, tops, self.settings.word_weight, self.settings.semantic_weight
+        return word_idf, tops, self.settings.word_weight, self.settings.semantic_weight, self.settings.semantic_power
 
     def get(self, doc_ids: Iterable[str]) -> list:
         doc_ids = list(doc_ids)

@@ -57,7 +57,7 @@ from fwpkm_rag.pipelines.retrieval import (SCORED_LAYERS, Hit, Ranked, add_match
                                            first_layer_queries, hits_of, idf_weight, rank_view, rank_views,
                                            store_idf)
 from fwpkm_rag.pipelines.settings import StoreSettings, check_max_document_chars
-from fwpkm_rag.pipelines.word_layer import CANDIDATES, fuse_sources, question_idf
+from fwpkm_rag.pipelines.word_layer import CANDIDATES, flat_top, fuse_sources, question_idf
 
 SEARCH_THREADS = 1
 """Threads that rank one question's segments. One: a second thread never helped on the 2-core target machine
@@ -439,7 +439,8 @@ class SegmentedIndex:
                 return []
             if fused:
                 ranked = fuse_words(segments, query, rank_segments(segments, query, max(k, CANDIDATES)), k,
-                                    self.settings.word_weight, semantic_weight=self.settings.semantic_weight)
+                                    self.settings.word_weight, semantic_weight=self.settings.semantic_weight,
+                                    semantic_power=self.settings.semantic_power)
             else:
                 ranked = rank_segments(segments, query, k)
             return merged_hits(segments, dbs, ranked, k, strategy, with_matches=with_matches, match_top=match_top)
@@ -477,7 +478,8 @@ class SegmentedIndex:
             ranked = [rank_view(sv.index, sv.view, query, depth, weight) for sv in view.segments]
             if fused and k:
                 ranked = fuse_words_reference(view.segments, query, ranked, k, self.settings.word_weight,
-                                              semantic_weight=self.settings.semantic_weight)
+                                              semantic_weight=self.settings.semantic_weight,
+                                              semantic_power=self.settings.semantic_power)
             per_segment = [hits_of(sv.index, sv.view, db, r, segment=sv.id)
                            for sv, r, db in zip(view.segments, ranked, dbs)]
             return merge_hits(per_segment, k, strategy)
@@ -605,7 +607,7 @@ def semantic_scores(segments, query: str, tensors: bool = False) -> Optional[lis
 
 def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: float, *,
                word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None,
-               semantic_weight: float = 0.0) -> list[Ranked]:
+               semantic_weight: float = 0.0, semantic_power: int = 1) -> list[Ranked]:
     """`fuse_words_reference` (the same rule, the same lists and scores, to the bit) with the segments' sources
     as tensors: every segment's (segment, chunk) scores of every source are concatenated and fused, sorted and
     cut to k per segment in a handful of ops for the whole store, instead of a dict and a sort per segment."""
@@ -637,9 +639,9 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
         sources.append((seg[keep], ids[keep], score[keep]))
     if tops is None:  # each source's maximum over every segment (`word_layer.source_maxima`)
         tops = [float(score.max()) if score.numel() else 0.0 for _, _, score in sources]
-    weights = [1.0, word_weight, semantic_weight]
-    parts = [(seg, ids, score * w / top) for (seg, ids, score), w, top in zip(sources, weights, tops)
-             if top > 0 and w != 0]
+    weights, powers = [1.0, word_weight, semantic_weight], [1, 1, semantic_power]
+    parts = [(seg, ids, score * w / top if p == 1 else flat_top(score / top, p) * w)
+             for (seg, ids, score), w, top, p in zip(sources, weights, tops, powers) if top > 0 and w != 0]
     chosen: list[list] = [[] for _ in range(G)]
     values: list[list] = [[] for _ in range(G)]
     if parts:
@@ -671,7 +673,7 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
 
 def fuse_words_reference(segments, query: str, ranked: list[Ranked], k: int, word_weight: float, *,
                word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None,
-               semantic_weight: float = 0.0) -> list[Ranked]:
+               semantic_weight: float = 0.0, semantic_power: int = 1) -> list[Ranked]:
     """Each segment's top k by the fusion of the lexical store and the word layer (docs/addressing.md, "How
     layers are combined" and "In the store"): the lexical source is each segment's ranking `ranked` (its top
     K >= k, positive scores only: chunks below K count 0 for it), the word source each segment's word layer
@@ -684,12 +686,14 @@ def fuse_words_reference(segments, query: str, ranked: list[Ranked], k: int, wor
     only some segments: it passes the store-wide word idf `word_idf` and the sources' maxima `tops` (the
     driver's, over every actor). When the segments hold chunk semantic layers (settings.semantic_layer), their
     scores are a third source (`semantic_scores`: the question embedded once; deleted chunks filtered), divided by
-    its own maximum over the store and weighted `semantic_weight`. The slow, obvious path (a dict per segment,
+    its own maximum over the store, shaped by `word_layer.flat_top` with `semantic_power` and weighted
+    `semantic_weight`. The slow, obvious path (a dict per segment,
     `word_layer.fuse_sources`): tests hold `fuse_words` to it, and `search_reference` ranks through it."""
     sources = fusion_sources(segments, query, ranked, word_idf)
     out = []
     weights = [1.0, word_weight, semantic_weight][: len(sources)]  # the semantic layer's only when it is there
-    for sv, r, fused in zip(segments, ranked, fuse_sources(sources, weights, tops)):
+    powers = [1, 1, semantic_power][: len(sources)]
+    for sv, r, fused in zip(segments, ranked, fuse_sources(sources, weights, tops, powers)):
         chosen = sorted(fused, key=lambda c: (-fused[c], c))[:k]
         alive = sv.view.provenance.alive
         if len(chosen) < k and alive.numel():

@@ -66,7 +66,7 @@ its chunk by the same words in another order 59% of the time (with it 99%); at 1
 index bytes and the query latency target (docs/benchmarks.md, "Segments at 10M tokens"). Manifests written
 before the setting, which lack it, load with it off (the store they describe has no word layer)."""
 
-SEMANTIC_FIELDS = ("semantic_layer", "semantic_weight")
+SEMANTIC_FIELDS = ("semantic_layer", "semantic_weight", "semantic_power")
 """The chunk semantic layer's settings (docs/addressing.md, "A chunk-level semantic layer"): in a store's manifest
 only when the layer is on."""
 
@@ -77,6 +77,13 @@ fwpkm_rag.benchmarks.chunk_semantic bench`, `choose_weight`): the 372 dev pairs'
 weight (docs/benchmarks.md, "Part B", "A chunk-level semantic layer"). Asked every needle of a 128K item (16
 distractors), the store with the layer finds 76% hit@5 at 32 and 100% only at <= 2, where paraphrase recall falls
 (docs/benchmarks.md, "The needles with every needle asked"): no one weight serves both kinds of question yet."""
+
+DEFAULT_SEMANTIC_POWER = 1
+"""Default `semantic_power`: 1, the semantic source's normalised scores as they are (`word_layer.flat_top`)."""
+
+SEMANTIC_POWER_BEFORE = 1
+"""The `semantic_power` of stores saved before the setting existed (their manifests lack it): the semantic source
+as it is, which is how they ranked."""
 
 MERGE_STRATEGIES = ("raw", "max", "rrf")
 """How the segments' rankings are merged (pipelines/merge.py): raw scores (default), per-segment max, or RRF."""
@@ -116,6 +123,10 @@ class StoreSettings:
         Off by default: it needs all-MiniLM-L6-v2 (the `baselines` extra) and a MiniLM forward per sentence at
         ingest and per question. Needs merge="raw".
     semantic_weight: the semantic layer's weight in the fusion (> 0; default 32, `DEFAULT_SEMANTIC_WEIGHT`).
+    semantic_power: an int >= 1: the semantic source's normalised score x (its maximum over the store scores 1)
+        counts 1 - (1 - x)^power (`word_layer.flat_top`; 1: x itself, `DEFAULT_SEMANTIC_POWER`). A larger power
+        makes every chunk near the semantic best count almost fully, so that the lexical sources decide among
+        look-alikes (benchmarks/semantic_fusion.py). A store saved before the setting loads with 1.
     """
 
     chunk_tokens: int = 256
@@ -133,6 +144,7 @@ class StoreSettings:
     word_topk: int = DEFAULT_WORD_TOPK  # measured: see DEFAULT_WORD_TOPK
     semantic_layer: bool = False
     semantic_weight: float = DEFAULT_SEMANTIC_WEIGHT  # dev-chosen: see DEFAULT_SEMANTIC_WEIGHT
+    semantic_power: int = DEFAULT_SEMANTIC_POWER  # dev-chosen: see DEFAULT_SEMANTIC_POWER
 
     def __post_init__(self) -> None:
         # Validated in the order earlier versions did, so a call with two bad values names the same one.
@@ -162,6 +174,7 @@ class StoreSettings:
         if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (math.isfinite(w) and w > 0):
             raise ConfigError(f"semantic_weight must be a finite number > 0, got {w!r}")
         object.__setattr__(self, "semantic_weight", float(w))
+        check_int("semantic_power", self.semantic_power, 1)
         if self.semantic_layer and self.merge != "raw":
             raise ConfigError(f"semantic_layer=True ranks by the fusion of the store's sources over the whole store "
                               f"(docs/addressing.md), which replaces the merge strategy: merge must be 'raw', got "
@@ -200,6 +213,8 @@ class StoreSettings:
         saved.setdefault("word_layer", False)  # a manifest without it describes a store without the layer
         if saved.get("word_layer") and "word_topk" not in saved:  # saved before the setting: its layers read 4
             saved["word_topk"] = WORD_TOPK_BEFORE
+        if saved.get("semantic_layer") and "semantic_power" not in saved:  # saved before the setting
+            saved["semantic_power"] = SEMANTIC_POWER_BEFORE
         return cls(**{**saved, **overrides})
 
 

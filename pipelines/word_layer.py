@@ -342,23 +342,39 @@ def source_maxima(sources: Sequence[Sequence[dict]]) -> list[float]:
     return [max((s for scores in per_segment for s in scores.values()), default=0.0) for per_segment in sources]
 
 
+def flat_top(x, power: int):
+    """1 - (1 - x)^power of a source's normalised score x in [0, 1] (a float or a tensor): 1 at the source's best
+    chunk, flat near it and steep far from it, so a chunk close to the best one counts almost as much (the other
+    sources decide among them) while a chunk far from it still counts little. power 1: x itself. The power is
+    taken by repeated multiplication, so a float and a float64 tensor give the same bits."""
+    if power == 1:
+        return x
+    y = 1.0 - x
+    r = y
+    for _ in range(power - 1):
+        r = r * y
+    return 1.0 - r
+
+
 def fuse_sources(sources: Sequence[Sequence[dict]], weights: Sequence[float],
-                 tops: Optional[Sequence[float]] = None) -> list[dict]:
+                 tops: Optional[Sequence[float]] = None, powers: Optional[Sequence[int]] = None) -> list[dict]:
     """One ranking out of several sources over a store's segments (docs/addressing.md, "How layers are
     combined"): `sources[s][g]` = {chunk id: score > 0} of source s in segment g. Each source's scores are divided
     by that source's maximum over EVERY segment (the store's best chunk scores 1 for it; a source that finds
-    nothing adds 0), weighted by `weights[s]` and summed per (segment, chunk), sources in order. `tops`: the
-    sources' maxima when the store has more segments than these (a Ray actor's; the driver takes the maximum
-    over the actors), default `source_maxima(sources)`. Returns per segment {chunk id: fused score > 0}."""
+    nothing adds 0), shaped by `flat_top` with `powers[s]` (default 1 for every source: the score as it is),
+    weighted by `weights[s]` and summed per (segment, chunk), sources in order. `tops`: the sources' maxima when
+    the store has more segments than these (a Ray actor's; the driver takes the maximum over the actors), default
+    `source_maxima(sources)`. Returns per segment {chunk id: fused score > 0}."""
     n_segments = len(sources[0]) if sources else 0
     out: list[dict] = [{} for _ in range(n_segments)]
     tops = source_maxima(sources) if tops is None else list(tops)
-    for per_segment, w, top in zip(sources, weights, tops):
+    powers = [1] * len(sources) if powers is None else list(powers)
+    for per_segment, w, top, power in zip(sources, weights, tops, powers):
         if len(per_segment) != n_segments:
             raise InputError(f"every source needs one score dict per segment ({n_segments}), got {len(per_segment)}")
         if not top > 0 or w == 0:
             continue
         for fused, scores in zip(out, per_segment):
             for c, s in scores.items():
-                fused[c] = fused.get(c, 0.0) + w * s / top
+                fused[c] = fused.get(c, 0.0) + (w * s / top if power == 1 else w * flat_top(s / top, power))
     return [{c: s for c, s in fused.items() if s > 0} for fused in out]

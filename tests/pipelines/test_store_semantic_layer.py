@@ -20,8 +20,9 @@ from fwpkm_rag.errors import ConfigError
 from fwpkm_rag.pipelines import FwPKMStore, MemoryIndex
 from fwpkm_rag.pipelines.chunk_semantic import DIM, ChunkSemanticLayer, SentenceEncoder
 from fwpkm_rag.pipelines.segments import fuse_words, fuse_words_reference, fusion_sources, rank_segments
-from fwpkm_rag.pipelines.settings import DEFAULT_SEMANTIC_WEIGHT, DEFAULT_WORD_WEIGHT, StoreSettings
-from fwpkm_rag.pipelines.word_layer import CANDIDATES, question_idf, source_maxima
+from fwpkm_rag.pipelines.settings import (DEFAULT_SEMANTIC_POWER, DEFAULT_SEMANTIC_WEIGHT, DEFAULT_WORD_WEIGHT,
+                                          SEMANTIC_POWER_BEFORE, StoreSettings)
+from fwpkm_rag.pipelines.word_layer import CANDIDATES, flat_top, question_idf, source_maxima
 from test_reliability import assert_same, fingerprint
 from test_segments import prose, segment_ranking
 from test_store_word_layer import entry, shuffled
@@ -82,8 +83,8 @@ def rebuilt_semantic(segment_index, encoder) -> ChunkSemanticLayer:
 def fused_by_hand(store: FwPKMStore, query: str, k: int, encoder) -> list[tuple]:
     """docs/addressing.md's rule with three sources, by hand: lexical top max(k, 50) per segment, word layer
     scores (store-wide word idf), semantic scores of a layer rebuilt from each segment's chunks; each divided by
-    its maximum over the store, weighted 1, word_weight, semantic_weight; best first (ties: segment, chunk id),
-    then the live chunks that scored for none."""
+    its maximum over the store, the semantic one then taken to 1 - (1 - x)^semantic_power, weighted 1,
+    word_weight, semantic_weight; best first (ties: segment, chunk id), then the live chunks that scored for none."""
     settings = store.settings
     segments = store.index.segments
     layers = [s.index.view.words for s in segments]
@@ -101,9 +102,10 @@ def fused_by_hand(store: FwPKMStore, query: str, k: int, encoder) -> list[tuple]
     entries = []
     for pos, s in enumerate(segments):
         fused = {}
-        for src, w, top in zip((lexical, words, semantic), weights, tops):
-            for c, v in src[pos].items():
-                fused[c] = fused.get(c, 0.0) + (w * v / top if top > 0 else 0.0)
+        for src, w, top, p in zip((lexical, words, semantic), weights, tops, (1, 1, settings.semantic_power)):
+            for c, v in src[pos].items() if top > 0 else ():
+                shaped = v / top if p == 1 else 1 - (1 - v / top) ** p
+                fused[c] = fused.get(c, 0.0) + w * shaped
         alive = s.index.view.provenance.alive
         for c in range(alive.numel()):
             if bool(alive[c]):
@@ -163,11 +165,14 @@ def test_fused_ranking_equals_the_rule_by_hand_across_segments(small_model, bag)
             assert all(h.doc_id != "e2" for h in got)
         assert [(h.segment, h.chunk_id, h.doc_id) for h in store.index.search_reference(q, 6)] == \
             [(h.segment, h.chunk_id, h.doc_id) for h in store.search_with_provenance(q, k=6, matched_slots=0)]
-    # the weight is applied as given
-    store.index.settings = store.settings.replace(semantic_weight=0.5)
-    q = shuffled(entry(7), 3)
-    assert [(h.segment, h.chunk_id) for h in store.search_with_provenance(q, k=5, matched_slots=0)] == \
-        [(s, c) for s, c, _ in fused_by_hand(store, q, 5, bag)]
+    # the weight and the power are applied as given
+    for weight, power in ((0.5, 1), (0.5, 3), (40.0, 8)):
+        store.index.settings = store.settings.replace(semantic_weight=weight, semantic_power=power)
+        for q in (shuffled(entry(7), 3), "lantern quarry golf hotel"):
+            got = store.search_with_provenance(q, k=5, matched_slots=0)
+            ref = fused_by_hand(store, q, 5, bag)
+            assert [(h.segment, h.chunk_id) for h in got] == [(s, c) for s, c, _ in ref], (weight, power, q)
+            assert [h.score for h in got] == pytest.approx([v for _, _, v in ref], rel=1e-4, abs=1e-6)
     store.close()
 
 
@@ -182,13 +187,15 @@ def test_the_tensor_fusion_equals_the_dict_reference_to_the_bit(small_model, bag
         ranked = rank_segments(segments, q, CANDIDATES)
         assert len(fusion_sources(segments, q, ranked)) == 3
         for k in (1, 3, 9, 40):
-            fast = fuse_words(segments, q, ranked, k, 8.0, semantic_weight=32.0)
-            ref = fuse_words_reference(segments, q, ranked, k, 8.0, semantic_weight=32.0)
-            assert [(r.chosen, r.scores) for r in fast] == [(r.chosen, r.scores) for r in ref], (q, k)
+            for power in (1, 2, 8):
+                fast = fuse_words(segments, q, ranked, k, 8.0, semantic_weight=32.0, semantic_power=power)
+                ref = fuse_words_reference(segments, q, ranked, k, 8.0, semantic_weight=32.0, semantic_power=power)
+                assert [(r.chosen, r.scores) for r in fast] == [(r.chosen, r.scores) for r in ref], (q, k, power)
         idf = question_idf(layers, q)
         tops = [2 * t for t in source_maxima(fusion_sources(segments, q, ranked, idf))]
-        fast = fuse_words(segments, q, ranked, 5, 0.5, word_idf=idf, tops=tops, semantic_weight=3.0)
-        ref = fuse_words_reference(segments, q, ranked, 5, 0.5, word_idf=idf, tops=tops, semantic_weight=3.0)
+        fast = fuse_words(segments, q, ranked, 5, 0.5, word_idf=idf, tops=tops, semantic_weight=3.0, semantic_power=5)
+        ref = fuse_words_reference(segments, q, ranked, 5, 0.5, word_idf=idf, tops=tops, semantic_weight=3.0,
+                                   semantic_power=5)
         assert [(r.chosen, r.scores) for r in fast] == [(r.chosen, r.scores) for r in ref], q
     store.close()
 
@@ -322,6 +329,14 @@ def test_semantic_settings_are_validated():
     for bad in (0, -1.0, float("nan"), float("inf"), "8", True):
         with pytest.raises(ConfigError, match="semantic_weight"):
             StoreSettings(semantic_weight=bad)
+    assert StoreSettings().semantic_power == DEFAULT_SEMANTIC_POWER and on.store_dict()["semantic_power"] == \
+        DEFAULT_SEMANTIC_POWER
+    for bad in (0, -2, 2.0, "3", True, None):
+        with pytest.raises(ConfigError, match="semantic_power"):
+            StoreSettings(semantic_power=bad)
+    # a manifest written before the setting ranked by the semantic scores as they are: it loads with power 1
+    older = {name: v for name, v in on.store_dict().items() if name != "semantic_power"}
+    assert StoreSettings.from_dict(older).semantic_power == SEMANTIC_POWER_BEFORE == 1
     with pytest.raises(ConfigError, match="semantic_layer"):
         StoreSettings(semantic_layer=1)
     with pytest.raises(ConfigError, match="merge must be 'raw'"):
@@ -330,3 +345,14 @@ def test_semantic_settings_are_validated():
 
 
 # The Ray store with the layer: tests/pipelines/test_ray_store.py (the actors load the real encoder).
+
+
+def test_flat_top_is_one_minus_the_power_of_the_distance_from_the_best():
+    x = torch.linspace(0, 1, 101, dtype=torch.float64)
+    for p in (1, 2, 3, 8):
+        got = flat_top(x, p)
+        assert torch.allclose(got, 1 - (1 - x) ** p, rtol=0, atol=1e-12)
+        assert got[0] == 0 and got[-1] == 1 and bool((got[1:] >= got[:-1]).all())  # 0 -> 0, best -> 1, monotone
+        # a Python float gives the same bits as the tensor (the dict reference and the tensor fusion agree)
+        assert [flat_top(float(v), p) for v in x] == got.tolist()
+    assert flat_top(0.9, 8) > 0.999999 and flat_top(0.1, 8) < 0.57  # flat near the best, steep far from it

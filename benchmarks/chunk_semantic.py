@@ -193,9 +193,10 @@ def sweep(emb: dict, sets: dict, grid: dict, base: dict, out: Path | None = None
 
     names = list(grid)
     rows, cache = [], {}
+    default = ChunkSemanticConfig()
     for values in itertools.product(*(grid[n] for n in names)):
         fields = {**base, **dict(zip(names, values))}
-        if fields.get("topk", 8) > fields.get("n_keys", 64):
+        if fields.get("topk", default.topk) > fields.get("n_keys", default.n_keys):  # not a valid config
             continue
         cfg = ChunkSemanticConfig(**fields)
         start = time.perf_counter()

@@ -15,15 +15,29 @@ keys: similar texts land on the same slots.
     slots, w     FwPKM's read (kernels' `product_key_topk`, IDW scores, top-k per book then top-k of the k^2
                  candidates; `read_weights` at temperature `temperature`: softmax over the H*k selections)
 
-Writes: a chunk (``unit="chunk"``), or each sentence of it (``unit="sentence"``), records the chunk at its
+Writes: a chunk (``unit="chunk"``), or each sentence of it (``unit="sentence"``), is a *row*: it writes its
 H*write_topk slots with strength = its read weight, in a provenance table of H * n^2 slots (head h's slot s at
 h*n^2 + s) that keeps a slot's `per_slot` strongest writers, as the store's `ProvenanceTable` does, but stored
-sparsely (`SparseProvenance`: only the filled entries). Scores: a question reads its H*k slots the same way and
+sparsely (`SparseProvenance`: only the filled entries). Who the writer is depends on ``pool``:
 
-    score(c) = sum over the question's reads (slot, w_q) of  w_q x idf(slot)^idf_power x s_c / (s_c + saturation)
+    pool "max"   the row itself (row ids in write order; `owner` maps each row to its chunk id, 4 bytes a row)
+    pool "sum"   the row's chunk (a chunk's rows on one slot summed into one entry; the first layers' rule, and
+                 the rule of layers saved before the field existed: `LEGACY_FIELDS`)
 
-(s_c the chunk's strength on that slot; ``saturation = 0``: s_c itself; idf(slot) = log(1 + N / writes(slot))).
-No value table: retrieval only reads where chunks wrote. Bounded state: H x n^2 slots x per_slot writers.
+Scores: a question reads its H*k slots the same way and
+
+    score(r) = sum over the question's reads (slot, w_q) of  w_q x idf(slot)^idf_power x s_r / (s_r + saturation)
+    score(c) = max over c's rows r of score(r)              (pool "max"; pool "sum": r is the chunk itself)
+
+(s_r the writer's strength on that slot; ``saturation = 0``: s_r itself; idf(slot) = log(1 + N / writes(slot))).
+Why "max" (chosen on dev, docs/benchmarks.md "A chunk-level semantic layer"): under "sum" a chunk of six
+sentences collects the chance collisions of all six, and the one sentence a question paraphrases is outvoted by
+chunks with more such noise; "max" ranks a chunk by its best sentence, as flat MiniLM over sentences does.
+Haystack-shaped dev set, recall@5: the first default (32 heads x n = 256, 2 writes and 16 reads per head, "sum")
+21.8%; the defaults now (64 heads x n = 128, 1 write and 128 reads per head, "max"; the same 64 entries a
+sentence) 43.3%, and 11.0% with "sum"; flat MiniLM over the same sentences 48.4%. The layer stays a product-key
+memory: no vector is stored, only (slot, writer, strength) entries and one chunk id per row. No value table:
+retrieval only reads where rows wrote. Bounded state: H x n^2 slots x per_slot writers.
 
 Interface (the addressing layers' contract, docs/addressing.md): ``add(chunk_texts, chunk_ids)``,
 ``scores(question) -> {chunk_id: score}``, ``search``, ``nbytes``; for a store's segment also ``clone``,
@@ -51,7 +65,10 @@ from fwpkm_rag.kernels.product_key import product_key_topk, read_weights
 from fwpkm_rag.pipelines.provenance import chunk_totals, positive_entries
 
 DIM = 384  # all-MiniLM-L6-v2's embedding width
+# fields a saved config may lack (written before they existed) -> the behaviour the layer had then
+LEGACY_FIELDS = {"pool": "sum"}
 UNITS = ("chunk", "sentence")
+POOLS = ("max", "sum")
 KEYS = ("random", "kmeans")
 SCORES = ("idw", "dot")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -72,10 +89,10 @@ class ChunkSemanticConfig:
     (`python -m fwpkm_rag.benchmarks.chunk_semantic dev`, docs/addressing.md "A chunk-level semantic layer"): the
     best recall@5 on the haystack-shaped dev set among configs writing at most 64 entries per sentence."""
 
-    heads: int = 32
-    n_keys: int = 256  # sub-keys per book: n^2 slots per head
-    topk: int = 16  # slots a question reads per head
-    write_topk: int = 2  # slots a chunk (or sentence) writes per head (0: topk)
+    heads: int = 64
+    n_keys: int = 128  # sub-keys per book: n^2 slots per head
+    topk: int = 128  # slots a question reads per head
+    write_topk: int = 1  # slots a chunk (or sentence) writes per head (0: topk)
     score: str = "idw"  # sub-key score: "idw" -log(eps + ||q - K||^2), or "dot" q.K (with unit data and k-means
     #                     sub-keys a slot's dot score is q's inner product with the slot's reconstruction)
     temperature: float = 1.0  # read weights: softmax of the selected scores / temperature over the H*k selections
@@ -83,6 +100,8 @@ class ChunkSemanticConfig:
     saturation: float = 0.01  # s / (s + saturation) of a chunk's strength (0: the strength itself)
     idf_power: float = 0.0  # idf(slot)^power in the score (0: no slot idf, and no write events are kept)
     unit: str = "sentence"  # "chunk": one embedding per chunk; "sentence": one per sentence of the chunk
+    pool: str = "max"  # "max": entries are kept per written row (sentence) and a chunk scores its best row;
+    #                    "sum": entries are kept per chunk (a chunk's rows summed on a slot; the first layers' rule)
     keys: str = "random"  # "random": seeded random directions; "kmeans": fitted sub-keys (a file, `load_keys`)
     seed: int = 0  # permutations and random sub-keys
     eps: float = 1e-3  # IDW: -log(eps + ||q - K||^2)
@@ -110,6 +129,8 @@ class ChunkSemanticConfig:
                 raise ConfigError(f"{name} must be a number >= 0, got {v!r}")
         if self.unit not in UNITS:
             raise ConfigError(f"unit must be one of {UNITS}, got {self.unit!r}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"pool must be one of {POOLS}, got {self.pool!r}")
         if self.keys not in KEYS:
             raise ConfigError(f"keys must be one of {KEYS}, got {self.keys!r}")
 
@@ -277,8 +298,9 @@ class SparseProvenance:
     """`ProvenanceTable`'s rule (per slot the strongest `per_slot` writers, the weakest evicted; write events per
     slot; alive flags per chunk id) stored sparsely: only the filled entries, sorted by slot and, within a slot,
     strongest first. The layer's slot space (H x n^2, millions of slots) is far larger than what a segment fills,
-    so a dense table would cost ~100 MB per open segment; this one costs what is written (int32 slot, int32 chunk
-    id - 16 bits once frozen below 65,536 chunks - and float16 strength per entry)."""
+    so a dense table would cost ~100 MB per open segment; this one costs what is written (int32 slot, int32 writer
+    id - 16 bits once frozen below 65,536 writers - and float16 strength per entry). Its "chunk" ids are the
+    layer's writers: rows (sentences) under pool "max", chunks under "sum"."""
 
     n_layers = 1
 
@@ -407,7 +429,8 @@ class SparseProvenance:
 
 
 class ChunkSemanticLayer:
-    """Chunks written at the slots their sentence embeddings read; questions scored through the same reads.
+    """Chunks written at the slots their sentence embeddings read; questions scored through the same reads (pool
+    "max": the table's writers are the rows, `owner` their chunk ids; "sum": the chunks).
 
     ``add(chunk_texts, chunk_ids)``; ``scores(question) -> {chunk id: score > 0}``. Chunk ids are ints >= 0, dense
     like a store's (liveness is one flag per id up to the largest). `keys`: sub-keys to use instead of the config's
@@ -427,7 +450,10 @@ class ChunkSemanticLayer:
             raise ConfigError(f"sub-keys must have shape {(2 * c.heads * c.n_keys, DIM // 2)}, got {tuple(keys.shape)}")
         self.keys = keys if keys.dtype == torch.float32 else keys.float()
         self.perms = permutations(c)
+        # pool "max": the table's writers are the layer's rows (sentences), `owner` maps each to its chunk id;
+        # pool "sum": the table's writers are the chunk ids themselves (no owner array)
         self.table = SparseProvenance(c.n_slots, c.per_slot, count_writes=c.idf_power > 0)
+        self.owner = torch.zeros(0, dtype=torch.int32)  # (rows,) chunk id of each written row (pool "max")
         self.n_chunks = 0  # chunks written
 
     @staticmethod
@@ -497,9 +523,15 @@ class ChunkSemanticLayer:
         if slots.shape[0] != len(owners):
             raise InputError(f"{slots.shape[0]} embeddings but {len(owners)} owners")
         if owners:
-            chunk = torch.as_tensor(owners, dtype=torch.long)[:, None].expand_as(slots)
-            self.table.record(0, slots, chunk, weights)
-            self.table.reserve(max(owners) + 1)
+            ids = torch.as_tensor(owners, dtype=torch.long)
+            if self.config.pool == "max":  # writers are rows: ids after the rows written so far
+                if max(owners) > torch.iinfo(torch.int32).max:
+                    raise InputError("chunk ids must fit in 32 bits")
+                ids = torch.arange(self.owner.numel(), self.owner.numel() + len(owners))
+            self.table.record(0, slots, ids[:, None].expand_as(slots), weights)
+            self.table.reserve(int(ids.max()) + 1)
+            if self.config.pool == "max":
+                self.owner = torch.cat([self.owner, torch.as_tensor(owners, dtype=torch.int32)])
         self.n_chunks += len(set(owners)) if n_chunks is None else n_chunks
 
     # ---- reads ----------------------------------------------------------------------------------------------
@@ -521,8 +553,8 @@ class ChunkSemanticLayer:
         if self.n_chunks == 0:
             return none
         c, table = self.config, self.table
-        if alive is not None and alive.numel() < table.n_chunks:
-            raise InputError(f"alive has {alive.numel()} flags, the layer holds chunk ids up to {table.n_chunks - 1}")
+        if alive is not None and alive.numel() < self.chunk_span:
+            raise InputError(f"alive has {alive.numel()} flags, the layer holds chunk ids up to {self.chunk_span - 1}")
         slots, weights = address
         slots, weights = slots.reshape(-1), weights.reshape(-1).float()
         read = weights
@@ -531,7 +563,17 @@ class ChunkSemanticLayer:
             read = read * idf.pow(c.idf_power)
         which, ids, strength = table.entries(0, slots)
         contrib = read[which] * (strength / (strength + c.saturation) if c.saturation else strength)
-        return chunk_totals(contrib, ids, table.alive, alive)
+        if c.pool == "sum":
+            return chunk_totals(contrib, ids, table.alive, alive)
+        rows, total = chunk_totals(contrib, ids, table.alive)  # each row's (sentence's) score
+        return best_per_chunk(self.owner[rows].long(), total, alive)
+
+    @property
+    def chunk_span(self) -> int:
+        """1 + the largest chunk id written (0 when none): the length an `alive` tensor must have at least."""
+        if self.config.pool == "sum":
+            return self.table.n_chunks
+        return int(self.owner.max()) + 1 if self.owner.numel() else 0
 
     def scores(self, question: str, alive: Optional[Tensor] = None, address: Optional[tuple] = None) -> dict:
         """{chunk id: score > 0} for the question (read-only)."""
@@ -574,17 +616,26 @@ class ChunkSemanticLayer:
         tensors = dict(self.table.tensors())
         if self.config.keys == "kmeans":
             tensors["keys"] = self.keys
+        if self.config.pool == "max":
+            tensors["owner"] = self.owner
         return tensors, {"config": dataclasses.asdict(self.config), "n_chunks": self.n_chunks}
 
     @classmethod
     def from_state(cls, tensors: dict, meta: dict, encoder=None) -> "ChunkSemanticLayer":
-        """The layer `state()` described (equal tensors, equal scores)."""
-        config = ChunkSemanticConfig(**meta["config"])
+        """The layer `state()` described (equal tensors, equal scores). A config saved before a field existed
+        takes that field's old behaviour (`LEGACY_FIELDS`), not today's default."""
+        config = ChunkSemanticConfig(**{**LEGACY_FIELDS, **meta["config"]})
         keys = tensors.get("keys")
         layer = cls(config, encoder=encoder, keys=None if keys is None else keys.float())
         table = SparseProvenance.from_tensors(tensors, config.n_slots, config.per_slot, config.idf_power > 0)
         if table.n_entries and int(table.slot.max()) >= config.n_slots:
             raise InputError(f"the saved chunk semantic layer writes slots beyond its config's {config.n_slots}")
+        if config.pool == "max":
+            owner = tensors["owner"].to(torch.int32)
+            if owner.numel() != table.n_chunks or (owner.numel() and int(owner.min()) < 0):
+                raise InputError(f"the saved chunk semantic layer has {owner.numel()} row owners for "
+                                 f"{table.n_chunks} rows")
+            layer.owner = owner
         layer.table, layer.n_chunks = table, int(meta["n_chunks"])
         return layer
 
@@ -593,7 +644,21 @@ class ChunkSemanticLayer:
         the permutations are derived from the seed and held once per process for every layer (`random_keys`), and
         the frozen encoder is shared with the dense baselines: none of them is counted."""
         keys = self.keys.numel() * 4 if self.config.keys == "kmeans" else 0
-        return int(self.table.nbytes() + keys)
+        return int(self.table.nbytes() + keys + self.owner.numel() * self.owner.element_size())
+
+
+def best_per_chunk(chunk: Tensor, total: Tensor, alive: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Each chunk's best row: rows' chunk ids (M,) int64 and scores (M,) -> (chunk ids ascending, max score), rows
+    of chunks that `alive` (None: all) marks deleted dropped, positive scores only."""
+    if alive is not None:
+        keep = alive[chunk]
+        chunk, total = chunk[keep], total[keep]
+    if not chunk.numel():
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    uniq, inv = torch.unique(chunk, return_inverse=True)
+    best = torch.zeros(uniq.numel()).scatter_reduce(0, inv, total, "amax", include_self=False)
+    keep = best > 0
+    return uniq[keep], best[keep]
 
 
 def _check_add(chunk_texts, chunk_ids) -> tuple[list[str], list[int]]:

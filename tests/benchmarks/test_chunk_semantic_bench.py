@@ -1,6 +1,8 @@
 """benchmarks/chunk_semantic.py on synthetic embeddings (no MiniLM): the dev measures and the sentence reference."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -33,11 +35,11 @@ def test_recall_counts_gold_in_the_first_k():
 def test_flat_and_layer_find_near_copies_by_sentence():
     ds = synthetic_set()
     assert flat_eval(ds, "sentence")["recall@1"] == 1.0
-    cfg = ChunkSemanticConfig(heads=8, n_keys=16, topk=4, unit="sentence", keys="random", per_slot=16)
+    cfg = ChunkSemanticConfig(heads=8, n_keys=16, topk=4, write_topk=2, unit="sentence", keys="random", per_slot=16)
     r = dev_eval(cfg, ds)
     assert r["recall@5"] == 1.0 and r["pool"] == 60
     # the sentence unit beats the chunk unit on sentence-level queries (each chunk mean mixes 3 random sentences)
-    chunk_r = dev_eval(ChunkSemanticConfig(heads=8, n_keys=16, topk=4, unit="chunk", keys="random", per_slot=16), ds)
+    chunk_r = dev_eval(dataclasses.replace(cfg, unit="chunk"), ds)
     assert chunk_r["recall@5"] <= r["recall@5"]
 
 
@@ -64,8 +66,22 @@ def test_cost_counts_entries_and_bytes_of_a_real_layer():
     from fwpkm_rag.benchmarks.chunk_semantic import cost
 
     c = cost(n_tokens=1024, chunk_size=128)
-    per_sentence = 32 * 2  # the default config writes 2 slots in each of 32 heads per sentence
+    cfg = ChunkSemanticConfig()
+    per_sentence = cfg.heads * cfg.writes_per_head  # entries a sentence writes
     assert 0 < c["entries"] <= c["sentences"] * per_sentence and c["chunks"] >= 8
-    # sealed: chunk ids in 16 bits instead of 32, the same entries (slot int32 + id + float16 strength)
+    # sealed: writer ids in 16 bits instead of 32, the same entries (slot int32 + id + float16 strength)
     assert c["bytes_sealed"] == c["bytes_open"] - 2 * c["entries"]
     assert c["bytes_per_token_sealed"] == round(c["bytes_sealed"] / 1024, 2) and c["query_ms"] > 0
+
+
+def test_sweep_runs_every_valid_combination_against_the_config_defaults():
+    from fwpkm_rag.benchmarks.chunk_semantic import sweep
+
+    ds = synthetic_set()
+    n = ChunkSemanticConfig().n_keys
+    rows = sweep({}, {"s": ds}, {"topk": [4, n, n + 1]}, {"heads": 2, "per_slot": 16})
+    # topk up to the default n_keys is valid (not filtered by another n); topk > n_keys is not a config
+    assert [r["topk"] for r in rows] == [4, n]
+    for r in rows:
+        want = dev_eval(ChunkSemanticConfig(heads=2, per_slot=16, topk=r["topk"]), ds)
+        assert r["s"] == [want["recall@5"], want["recall@1"]]

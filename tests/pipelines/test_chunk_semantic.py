@@ -3,6 +3,7 @@ addressing against a loop reference, scores against a by-hand sum, the store's u
 k-means, and bad input."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -67,9 +68,10 @@ def test_address_matches_a_loop_reference():
             assert sum(h * n * n <= s < (h + 1) * n * n for s in got) == cfg.topk
 
 
-@pytest.mark.parametrize("saturation,idf_power,write_topk", [(0.0, 0.0, 0), (0.05, 1.0, 0), (0.01, 0.0, 2)])
-def test_scores_equal_a_by_hand_sum(saturation, idf_power, write_topk):
-    cfg = small(saturation=saturation, idf_power=idf_power, write_topk=write_topk)
+@pytest.mark.parametrize("saturation,idf_power,write_topk,pool", [(0.0, 0.0, 0, "sum"), (0.05, 1.0, 0, "sum"),
+                                                                  (0.01, 0.0, 2, "sum"), (0.01, 0.0, 2, "max")])
+def test_scores_equal_a_by_hand_sum(saturation, idf_power, write_topk, pool):
+    cfg = small(saturation=saturation, idf_power=idf_power, write_topk=write_topk, pool=pool)
     enc = HashEncoder()
     layer = ChunkSemanticLayer(cfg, encoder=enc)
     texts = [f"{w} text number {i}" for i, w in enumerate(["alpha", "beta", "alpha", "gamma", "beta", "delta"])]
@@ -129,10 +131,11 @@ def test_sentence_unit_writes_every_sentence_on_behalf_of_its_chunk():
     assert split_sentences("   ") == []
 
 
-def test_clone_compacted_state_and_alive():
+@pytest.mark.parametrize("pool", ["max", "sum"])
+def test_clone_compacted_state_and_alive(pool):
     enc = HashEncoder()
-    layer = ChunkSemanticLayer(small(), encoder=enc)
-    layer.add([f"word{i % 3} chunk {i}" for i in range(10)], list(range(10)))
+    layer = ChunkSemanticLayer(small(pool=pool, unit="sentence"), encoder=enc)
+    layer.add([f"word{i % 3} chunk {i}. word{(i + 1) % 3} more {i}." for i in range(10)], list(range(10)))
     q = "word1 question"
     before = layer.scores(q)
     other = layer.clone()
@@ -151,6 +154,70 @@ def test_clone_compacted_state_and_alive():
     assert list(before)[0] not in filtered and set(filtered) == set(before) - {list(before)[0]}
     with pytest.raises(InputError):
         layer.scores(q, alive=torch.ones(3, dtype=torch.bool))
+
+
+def sentence_chunks(rng, n_chunks, per_chunk):
+    """Unit vectors for n_chunks x per_chunk sentences and each one's chunk id."""
+    e = unit(rng, n_chunks * per_chunk)
+    return e, [i // per_chunk for i in range(n_chunks * per_chunk)]
+
+
+def test_max_pool_scores_a_chunk_by_its_best_sentence():
+    """pool "max": a chunk's score is the largest of its sentences' scores, each sentence's score being what a
+    one-sentence chunk of a "sum" layer gets for the same writes (an independent reference)."""
+    rng = np.random.default_rng(4)
+    e, owner = sentence_chunks(rng, 30, 4)
+    cfg = small(heads=4, n_keys=8, topk=4, write_topk=1, pool="max", saturation=0.01)
+    layer = ChunkSemanticLayer(cfg, encoder=False)
+    layer.add_embeddings(e, owner)
+    ref = ChunkSemanticLayer(dataclasses.replace(cfg, pool="sum"), encoder=False)
+    ref.add_embeddings(e, list(range(len(owner))))  # every sentence its own chunk
+    for i in range(0, 120, 7):
+        address = layer.address(e[i:i + 1] + 0.2 * unit(rng, 1))
+        per_row = dict(zip(*[t.tolist() for t in ref.score_tensors("", address=address)]))
+        want = {}
+        for row, v in per_row.items():
+            want[owner[row]] = max(want.get(owner[row], 0.0), v)
+        ids, got = layer.score_tensors("", address=address)
+        assert ids.tolist() == sorted(want)
+        for c, v in zip(ids.tolist(), got.tolist()):
+            assert v == pytest.approx(want[c], rel=1e-5)
+
+
+def test_a_sentence_asked_by_itself_ranks_its_chunk_first():
+    rng = np.random.default_rng(5)
+    e, owner = sentence_chunks(rng, 300, 5)
+    layer = ChunkSemanticLayer(ChunkSemanticConfig(heads=16, n_keys=32, topk=16, write_topk=1), encoder=False)
+    layer.add_embeddings(e, owner)
+    for i in range(0, len(owner), 37):
+        ids, s = layer.score_tensors("", address=layer.address(e[i:i + 1]))
+        assert int(ids[s.argmax()]) == owner[i]
+
+
+def test_a_meta_saved_before_the_pool_field_loads_with_the_sum_rule():
+    """Layers saved before `pool` existed kept one entry per (slot, chunk) and summed a chunk's sentences: their
+    meta's config lacks the field, and they must load with that rule (not today's default "max")."""
+    enc = HashEncoder()
+    old = ChunkSemanticLayer(small(pool="sum", unit="sentence"), encoder=enc)
+    old.add([f"word{i % 3} chunk {i}. word{(i + 1) % 3} more {i}." for i in range(12)], list(range(12)))
+    tensors, meta = old.state()
+    assert "owner" not in tensors
+    del meta["config"]["pool"]
+    assert ChunkSemanticConfig().pool == "max"
+    back = ChunkSemanticLayer.from_state(tensors, meta, encoder=enc)
+    assert back.config == old.config and back.config.pool == "sum"
+    for q in ("word1 question", "word2 more"):
+        assert back.scores(q) == old.scores(q)
+    # a "max" layer's state keeps its row owners; a state without them, or with a wrong count, is refused
+    new = ChunkSemanticLayer(small(unit="sentence"), encoder=enc)
+    new.add(["word0 a. word1 b.", "word2 c."], [0, 5])
+    tensors, meta = new.state()
+    assert tensors["owner"].tolist() == [0, 0, 5]
+    assert ChunkSemanticLayer.from_state(tensors, meta, encoder=enc).scores("word1 b.") == new.scores("word1 b.")
+    with pytest.raises(InputError):
+        ChunkSemanticLayer.from_state({**tensors, "owner": tensors["owner"][:2]}, meta, encoder=enc)
+    with pytest.raises(KeyError):
+        ChunkSemanticLayer.from_state({k: v for k, v in tensors.items() if k != "owner"}, meta, encoder=enc)
 
 
 def test_kmeans_recovers_separated_clusters_and_fitted_keys_round_trip(tmp_path):
@@ -193,7 +260,7 @@ def test_bad_input_and_config():
         layer.address(np.zeros((2, 5), dtype=np.float32))
     assert layer.scores("nothing written") == {} and layer.search("q") == []
     for bad in (dict(topk=9), dict(temperature=0.0), dict(saturation=-1.0), dict(unit="word"), dict(keys="x"),
-                dict(heads=0)):
+                dict(heads=0), dict(pool="mean")):
         with pytest.raises(ConfigError):
             small(**bad)
     with pytest.raises(ConfigError):

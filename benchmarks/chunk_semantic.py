@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fwpkm_rag.benchmarks.semantic_fusion import StoreWithSettings
 from fwpkm_rag.errors import ConfigError
 
 CACHE = Path(os.environ.get("FWPKM_RAG_CACHE", Path.home() / ".cache" / "fwpkm-rag")) / "chunk_semantic"
@@ -354,7 +355,7 @@ class FusedSystem:
                 self.share.pop("latest")
 
 
-class StoreSystem:
+class StoreSystem(StoreWithSettings):
     """The store itself with the layer (`FwPKMStore(semantic_layer=True)`: the word layer on as by default, one
     ranking over the three sources), with the suite's add / search / nbytes; its chunks are the benchmark's (chunk
     tokens twice the benchmark's size, as the suite's FwPKMSystem). Embeds with its own MiniLM (no cache)."""
@@ -362,24 +363,7 @@ class StoreSystem:
     name = "store+semantic"
 
     def __init__(self, model, chunk_size: int, weight: float):
-        from fwpkm_rag.pipelines import FwPKMStore
-
-        self.store = FwPKMStore(model=model, chunk_tokens=2 * chunk_size, semantic_layer=True, semantic_weight=weight)
-        self.n = 0
-
-    def add(self, chunks):
-        chunks = list(chunks)
-        self.store.add_texts(chunks, ids=[str(self.n + i) for i in range(len(chunks))])
-        self.n += len(chunks)
-
-    def search(self, query, k=5):
-        return [(int(d.id), float(s)) for d, s in self.store.similarity_search_with_score(query, k=k)]
-
-    def nbytes(self):
-        return int(self.store.index.nbytes())
-
-    def close(self):
-        self.store.close()
+        super().__init__(model, chunk_size, semantic_layer=True, semantic_weight=weight)
 
 
 def choose_weight(model, config, keys, chunk_size: int = 256, needle_lengths=(32768, 131072), log=_log,

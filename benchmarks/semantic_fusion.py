@@ -21,8 +21,8 @@ the settings whose dev needle hit@1 equals the fusion's without the layer; ties:
 
 Bench (`bench`): the paraphrase task (its default items and seeds), the addressing task's entries (test split:
 verbatim, shuffled, reordered) and the segments bench's 128K needle items (16 and 64 distractors, every needle
-asked), for `FwPKMStore(semantic_layer=True)` with the chosen setting and with the earlier linear one, the default
-store (no semantic layer), BM25, MiniLM + FAISS and LangChain's `EnsembleRetriever` over both.
+asked), for `FwPKMStore(semantic_layer=True)` with the chosen setting and with the first layer's weight (32, power 1), the
+default store (no semantic layer), BM25, MiniLM + FAISS and LangChain's `EnsembleRetriever` over both.
 """
 from __future__ import annotations
 
@@ -259,17 +259,20 @@ class StoreWithSettings:
         self.store.close()
 
 
-def bench_systems(model, chunk_size: int, power: int, weight: float) -> dict:
-    """The stores of the comparison, by name -> factory."""
-    from fwpkm_rag.pipelines.settings import DEFAULT_SEMANTIC_WEIGHT
+PREVIOUS_WEIGHT = 32.0  # the semantic weight chosen for the first (sum-pooled) layer, power 1: the comparison
 
-    return {f"store+semantic (power {power}, weight {weight:g})":
-            lambda: StoreWithSettings(model, chunk_size, semantic_layer=True, semantic_power=power,
-                                      semantic_weight=weight),
-            f"store+semantic (linear, weight {DEFAULT_SEMANTIC_WEIGHT:g})":
-            lambda: StoreWithSettings(model, chunk_size, semantic_layer=True, semantic_power=1,
-                                      semantic_weight=DEFAULT_SEMANTIC_WEIGHT),
-            "store (lexical + words)": lambda: StoreWithSettings(model, chunk_size)}
+
+def bench_systems(model, chunk_size: int, power: int, weight: float) -> dict:
+    """The stores of the comparison, by name -> factory: the setting measured, the earlier weight (32, power 1)
+    unless that is the setting, and the store without the layer."""
+    out = {f"store+semantic (power {power}, weight {weight:g})":
+           lambda: StoreWithSettings(model, chunk_size, semantic_layer=True, semantic_power=power,
+                                     semantic_weight=weight)}
+    if (power, weight) != (1, PREVIOUS_WEIGHT):
+        out[f"store+semantic (power 1, weight {PREVIOUS_WEIGHT:g})"] = lambda: StoreWithSettings(
+            model, chunk_size, semantic_layer=True, semantic_power=1, semantic_weight=PREVIOUS_WEIGHT)
+    out["store (lexical + words)"] = lambda: StoreWithSettings(model, chunk_size)
+    return out
 
 
 def run_needle_items(sset, log=_log) -> list[dict]:

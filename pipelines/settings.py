@@ -70,16 +70,20 @@ SEMANTIC_FIELDS = ("semantic_layer", "semantic_weight", "semantic_power")
 """The chunk semantic layer's settings (docs/addressing.md, "A chunk-level semantic layer"): in a store's manifest
 only when the layer is on."""
 
-DEFAULT_SEMANTIC_WEIGHT = 32.0
-"""Default `semantic_weight` (lexical 1, word layer `word_weight`): chosen on dev (`python -m
-fwpkm_rag.benchmarks.chunk_semantic bench`, `choose_weight`): the 372 dev pairs' recall@5 rose with the weight to
-74.2% at 32 (64: 73.9%; 0: 28.0%) while two train-split needles (32K and 128K, 16 distractors) kept hit@1 at every
-weight (docs/benchmarks.md, "Part B", "A chunk-level semantic layer"). Asked every needle of a 128K item (16
-distractors), the store with the layer finds 76% hit@5 at 32 and 100% only at <= 2, where paraphrase recall falls
-(docs/benchmarks.md, "The needles with every needle asked"): no one weight serves both kinds of question yet."""
+DEFAULT_SEMANTIC_WEIGHT = 16.0
+"""Default `semantic_weight` (lexical 1, word layer `word_weight`): chosen on dev for the layer's current rule (a
+chunk scores its best sentence; `python -m fwpkm_rag.benchmarks.semantic_fusion dev`): the best dev-pair recall@5
+(82.3%; 28.0% without the layer) among the weights x powers that keep the dev needles' hit@1 (every needle of five
+train-split items, 181 questions: 91.7%, as without the layer) and the dev entries' recall@1 (99.5%; 99.1%
+without). Weights above it find more pairs (85.2% at 128) and lose needles (87.8%); the needles' hit@5 falls from
+98.9% to 96.1% at 16 (docs/benchmarks.md, "The semantic source in the fusion"). The first, sum-pooled layer used
+32."""
 
 DEFAULT_SEMANTIC_POWER = 1
-"""Default `semantic_power`: 1, the semantic source's normalised scores as they are (`word_layer.flat_top`)."""
+"""Default `semantic_power`: 1, the semantic source's normalised scores as they are (`word_layer.flat_top`). Chosen
+on the same dev grid as `DEFAULT_SEMANTIC_WEIGHT` (powers 1-16): with the best-sentence rule a larger power finds
+fewer dev pairs at every weight and keeps no more needles (power 3 at weight 16: 72.3% / 90.1%). It did help the
+first, sum-pooled layer (dev pairs 65.1% at power 3, weight 8, with the needles kept)."""
 
 SEMANTIC_POWER_BEFORE = 1
 """The `semantic_power` of stores saved before the setting existed (their manifests lack it): the semantic source

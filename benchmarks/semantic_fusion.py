@@ -1,28 +1,32 @@
 """How the chunk semantic layer joins the store's fusion (issue 17: one store for exact keys and other words).
 
-    python -m fwpkm_rag.benchmarks.semantic_fusion dev      # dev sources, the (power, weight) grid, the choice
-    python -m fwpkm_rag.benchmarks.semantic_fusion bench    # the paraphrase task and 128K needles, every needle
+    python -m fwpkm_rag.benchmarks.semantic_fusion dev      # dev sources, the settings grid, the choice
+    python -m fwpkm_rag.benchmarks.semantic_fusion bench    # paraphrase, entries and 128K needles, every needle
 
 Why: the fusion divides each source by its maximum for the question, so the semantic layer's best chunk always
 adds the whole `semantic_weight`. Among look-alike facts ("The meeting with Ines Ibarra is scheduled ..." and
-sixteen more meetings) MiniLM cannot tell the keys apart, and the look-alike it ranks first outvotes the chunk
-that holds the question's exact key by a margin the lexical sources cannot make up (every needle asked at 128K:
-76% hit@5 at weight 32; docs/benchmarks.md). `semantic_power` p shapes the semantic source's normalised score x
-as 1 - (1 - x)^p (`word_layer.flat_top`): chunks near the semantic best all count almost fully and the exact
-words decide among them, while a chunk far from it (a trap that reuses the question's words in another sense)
-still counts little.
+sixteen more meetings) MiniLM barely tells the keys apart, and where the needle's own sentence embeds poorly (cut by
+a chunk boundary, or run into filler) the look-alike it ranks first outvotes the chunk that holds the question's
+exact key by more than the lexical sources can make up. Three settings shape the semantic source's part:
+`semantic_weight`; `semantic_power` p, which counts the normalised score x as 1 - (1 - x)^p (`word_layer.flat_top`:
+chunks near the semantic best count almost fully and the exact words decide among them); and
+`semantic_exact_first`, which gives the best chunk of the exact-words fusion (lexical store + word layer) the
+largest fused score there is, so it ranks first and the semantic source orders the rest.
 
 Dev (never a test item; `dev`): per question, the three sources of the store's fusion (`store_sources`: the
 lexical top 50 per segment, the word layer, the chunk semantic layer of `FwPKMStore(semantic_layer=True)`) for (a)
-the 372 dev queries of the training pairs among the dev passages (recall@5), and (b) train-split needle items at
-32K and 128K with 16 and 64 distractors, every needle of each item asked (hit@1). The grid of (power, weight) is
-evaluated by the store's own rule (`word_layer.fuse_sources`); the choice maximises the dev pairs' recall@5 among
-the settings whose dev needle hit@1 equals the fusion's without the layer; ties: the smaller weight, then power.
+the 372 dev queries of the training pairs among the dev passages (recall@5), (b) the addressing task's dev entries
+asked three ways (recall@1), and (c) train-split needle items at 32K and 128K with 16 and 64 distractors, every
+needle of each item asked (hit@1 and hit@5). The grid (exact first or not, power, weight) is evaluated by the
+store's own rule (`fused_top`, which tests hold to the store); the choice maximises the dev pairs' recall@5 among
+the settings whose needle hit@1 and hit@5 and entry recall@1 are at least the fusion's without the layer; ties:
+the smaller weight, then power, then without exact first.
 
 Bench (`bench`): the paraphrase task (its default items and seeds), the addressing task's entries (test split:
 verbatim, shuffled, reordered) and the segments bench's 128K needle items (16 and 64 distractors, every needle
-asked), for `FwPKMStore(semantic_layer=True)` with the chosen setting and with the first layer's weight (32, power 1), the
-default store (no semantic layer), BM25, MiniLM + FAISS and LangChain's `EnsembleRetriever` over both.
+asked), for `FwPKMStore(semantic_layer=True)` with the chosen setting and with `semantic_exact_first` turned the
+other way, the default store (no semantic layer), BM25, MiniLM + FAISS and LangChain's `EnsembleRetriever` over
+both.
 """
 from __future__ import annotations
 
@@ -51,15 +55,23 @@ def _log(*a):
 
 
 # ---- the rule ---------------------------------------------------------------------------------------------------
-def fused_top(sources: tuple, weight: float, power: int, k: int, word_weight: float | None = None) -> list[int]:
+def fused_top(sources: tuple, weight: float, power: int, k: int, word_weight: float | None = None,
+              exact_first: bool = False) -> list[int]:
     """The top k chunk ids of one memory's (lexical, word, semantic) score dicts by the store's rule
     (`word_layer.fuse_sources` over one segment: each source over its maximum, the semantic one shaped by
-    `flat_top` with `power`; weights 1, word_weight, weight); ties by chunk id."""
+    `flat_top` with `power`; weights 1, word_weight, weight; with `exact_first` the best of the lexical + word
+    sum gets 1 + word_weight + weight more, as `segments.fuse_words_reference`); ties by chunk id."""
     from fwpkm_rag.pipelines.settings import DEFAULT_WORD_WEIGHT
     from fwpkm_rag.pipelines.word_layer import fuse_sources
 
     ww = DEFAULT_WORD_WEIGHT if word_weight is None else word_weight
     fused = fuse_sources([[s] for s in sources], [1.0, ww, weight], None, [1, 1, power])[0]
+    if exact_first:
+        exact = fuse_sources([[s] for s in sources[:2]], [1.0, ww])[0]
+        best = max(exact.values(), default=0.0)
+        for c, v in exact.items():
+            if best > 0 and v == best:
+                fused[c] += 1.0 + ww + weight
     return sorted(fused, key=lambda c: (-fused[c], c))[:k]
 
 
@@ -139,53 +151,57 @@ def dev_sources(model, needles=DEV_NEEDLES, n_entries: int = 1000, log=_log) -> 
     return out
 
 
-def dev_grid(dev: dict, powers=POWERS, weights=WEIGHTS) -> list[dict]:
-    """Dev pair recall@5, dev entry recall@1 and dev needle hit@1 / hit@5 for each (power, weight), and for weight
-    0 (no layer) first."""
-    def hits(questions, power, weight):
-        tops = [(fused_top(src, weight, power, 5), gold) for src, gold, *_ in questions]
+def dev_grid(dev: dict, powers=POWERS, weights=WEIGHTS, exact_firsts=(False, True)) -> list[dict]:
+    """Dev pair recall@5, dev entry recall@1 and dev needle hit@1 / hit@5 for each (exact first, power, weight),
+    and for weight 0 (no layer) first."""
+    def hits(questions, power, weight, first):
+        tops = [(fused_top(src, weight, power, 5, exact_first=first), gold) for src, gold, *_ in questions]
         n = max(len(tops), 1)
         return (sum(bool(top) and top[0] in gold for top, gold in tops) / n,
                 sum(bool(set(top) & gold) for top, gold in tops) / n)
 
     rows = []
-    for power, weight in [(1, 0.0)] + [(p, w) for p in powers for w in weights]:
-        needle1, needle5 = hits(dev["needles"], power, weight)
-        rows.append(dict(power=power, weight=weight, pairs_recall5=hits(dev["pairs"], power, weight)[1],
-                         entries_recall1=hits(dev.get("entries", []), power, weight)[0],
+    for first, power, weight in [(False, 1, 0.0)] + [(f, p, w) for f in exact_firsts for p in powers for w in weights]:
+        needle1, needle5 = hits(dev["needles"], power, weight, first)
+        rows.append(dict(exact_first=first, power=power, weight=weight,
+                         pairs_recall5=hits(dev["pairs"], power, weight, first)[1],
+                         entries_recall1=hits(dev.get("entries", []), power, weight, first)[0],
                          needles_hit1=needle1, needles_hit5=needle5))
     return rows
 
 
 def choose(rows: list[dict]) -> dict:
-    """The setting with the best dev pair recall@5 among those whose dev needle hit@1 and dev entry recall@1 are
-    the fusion's without the layer (weight 0, the first row) or better; ties: the smaller weight, then power."""
+    """The setting with the best dev pair recall@5 among those whose dev needle hit@1 and hit@5 and dev entry
+    recall@1 are the fusion's without the layer (weight 0, the first row) or better; ties: the smaller weight,
+    then power, then without exact first."""
     base = rows[0]
-    ok = [r for r in rows[1:] if r["needles_hit1"] >= base["needles_hit1"]
-          and r.get("entries_recall1", 0.0) >= base.get("entries_recall1", 0.0)]
+    keys = ("needles_hit1", "needles_hit5", "entries_recall1")
+    ok = [r for r in rows[1:] if all(r.get(key, 0.0) >= base.get(key, 0.0) for key in keys)]
     if not ok:
-        raise ConfigError("no (power, weight) keeps the dev needles; widen the grid")
-    return max(ok, key=lambda r: (r["pairs_recall5"], -r["weight"], -r["power"]))
+        raise ConfigError("no setting keeps the dev needles and entries; widen the grid")
+    return max(ok, key=lambda r: (r["pairs_recall5"], -r["weight"], -r["power"], not r.get("exact_first")))
 
 
 def plot_grid(rows: list[dict], chosen: dict, path: str) -> str:
-    """Dev pair recall@5 against dev needle hit@1, one point per (power, weight), a line per power."""
+    """Dev pair recall@5 against dev needle hit@5, one point per setting, a line per (exact first, power)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for p in sorted({r["power"] for r in rows[1:]}):
-        pts = [r for r in rows[1:] if r["power"] == p]
-        ax.plot([100 * r["needles_hit1"] for r in pts], [100 * r["pairs_recall5"] for r in pts], "o-", ms=3,
-                label=f"power {p}")
-    ax.axvline(100 * rows[0]["needles_hit1"], color="grey", ls=":", label="needles without the layer")
-    ax.plot([100 * chosen["needles_hit1"]], [100 * chosen["pairs_recall5"]], "k*", ms=14, label="chosen")
-    ax.set_xlabel("dev needles hit@1 (%), every needle asked")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for first in (False, True):
+        for p in sorted({r["power"] for r in rows[1:]}):
+            pts = [r for r in rows[1:] if r["power"] == p and bool(r.get("exact_first")) == first]
+            if pts:
+                ax.plot([100 * r["needles_hit5"] for r in pts], [100 * r["pairs_recall5"] for r in pts],
+                        "s--" if first else "o-", ms=3, label=f"{'exact first, ' if first else ''}power {p}")
+    ax.axvline(100 * rows[0]["needles_hit5"], color="grey", ls=":", label="needles without the layer")
+    ax.plot([100 * chosen["needles_hit5"]], [100 * chosen["pairs_recall5"]], "k*", ms=14, label="chosen")
+    ax.set_xlabel("dev needles hit@5 (%), every needle asked")
     ax.set_ylabel("dev pairs recall@5 (%)")
     ax.set_title("semantic source in the fusion: weight grows along each line")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -220,15 +236,20 @@ def run_dev(out_dir: str = "results/semantic_fusion", sources: str | None = None
     plot_grid(rows, chosen, os.path.join(out_dir, "dev.png"))
 
     def cell(r):
-        return f"{100 * r['pairs_recall5']:.1f} / {100 * r['entries_recall1']:.1f} / {100 * r['needles_hit1']:.0f}"
+        return (f"{100 * r['pairs_recall5']:.1f} / {100 * r['entries_recall1']:.1f} / {100 * r['needles_hit1']:.1f}"
+                f" / {100 * r['needles_hit5']:.1f}")
 
-    md = ["| power | " + " | ".join(f"w {w:g}" for w in WEIGHTS) + " |", "|---|" + "---:|" * len(WEIGHTS)]
-    for p in POWERS:
-        cells = [next(r for r in rows[1:] if r["power"] == p and r["weight"] == w) for w in WEIGHTS]
-        md.append(f"| {p} | " + " | ".join(cell(c) for c in cells) + " |")
+    md = ["| exact first | power | " + " | ".join(f"w {w:g}" for w in WEIGHTS) + " |",
+          "|---|---|" + "---:|" * len(WEIGHTS)]
+    for first in sorted({bool(r.get("exact_first")) for r in rows[1:]}):
+        for p in POWERS:
+            cells = [next(r for r in rows[1:] if r["power"] == p and r["weight"] == w
+                          and bool(r.get("exact_first")) == first) for w in WEIGHTS]
+            md.append(f"| {'yes' if first else 'no'} | {p} | " + " | ".join(cell(c) for c in cells) + " |")
     write_text(out_dir, "dev.md", "\n".join(
-        [f"dev pairs recall@5 / dev entries recall@1 / dev needles hit@1 (%); without the layer: {cell(rows[0])}; "
-         f"chosen: power {chosen['power']}, weight {chosen['weight']:g}", ""] + md) + "\n")
+        [f"dev pairs recall@5 / dev entries recall@1 / dev needles hit@1 / hit@5 (%); without the layer: "
+         f"{cell(rows[0])}; chosen: exact first {chosen.get('exact_first')}, power {chosen['power']}, weight "
+         f"{chosen['weight']:g}", ""] + md) + "\n")
     _log(f"chosen {json.dumps(chosen)}; {out_dir}/dev.md")
     return res
 
@@ -259,20 +280,18 @@ class StoreWithSettings:
         self.store.close()
 
 
-PREVIOUS_WEIGHT = 32.0  # the semantic weight chosen for the first (sum-pooled) layer, power 1: the comparison
+def bench_systems(model, chunk_size: int, power: int, weight: float, exact_first: bool) -> dict:
+    """The stores of the comparison, by name -> factory: the setting measured, the same with `exact_first`
+    turned the other way, and the store without the layer."""
+    def name(first):
+        return f"store+semantic (weight {weight:g}, power {power}{', exact first' if first else ''})"
 
+    def make(first):
+        return lambda: StoreWithSettings(model, chunk_size, semantic_layer=True, semantic_power=power,
+                                         semantic_weight=weight, semantic_exact_first=first)
 
-def bench_systems(model, chunk_size: int, power: int, weight: float) -> dict:
-    """The stores of the comparison, by name -> factory: the setting measured, the earlier weight (32, power 1)
-    unless that is the setting, and the store without the layer."""
-    out = {f"store+semantic (power {power}, weight {weight:g})":
-           lambda: StoreWithSettings(model, chunk_size, semantic_layer=True, semantic_power=power,
-                                     semantic_weight=weight)}
-    if (power, weight) != (1, PREVIOUS_WEIGHT):
-        out[f"store+semantic (power 1, weight {PREVIOUS_WEIGHT:g})"] = lambda: StoreWithSettings(
-            model, chunk_size, semantic_layer=True, semantic_power=1, semantic_weight=PREVIOUS_WEIGHT)
-    out["store (lexical + words)"] = lambda: StoreWithSettings(model, chunk_size)
-    return out
+    return {name(exact_first): make(exact_first), name(not exact_first): make(not exact_first),
+            "store (lexical + words)": lambda: StoreWithSettings(model, chunk_size)}
 
 
 def run_needle_items(sset, log=_log) -> list[dict]:
@@ -368,19 +387,20 @@ def needle_table(rows: list[dict], names) -> str:
     return "\n".join(lines)
 
 
-def run_bench(power: int, weight: float, out_dir: str = "results/semantic_fusion", paraphrase_items: int = 4,
-              needles: bool = True, entries: bool = True, baselines=("bm25", "minilm-faiss-flat", "ensemble-bm25-minilm")) -> dict:
+def run_bench(power: int, weight: float, exact_first: bool = True, out_dir: str = "results/semantic_fusion",
+              paraphrase_items: int = 4, needles: bool = True, entries: bool = True,
+              baselines=("bm25", "minilm-faiss-flat", "ensemble-bm25-minilm")) -> dict:
     from fwpkm_rag.benchmarks import paraphrase
     from fwpkm_rag.benchmarks.common import commit, machine, write_json, write_text
     from fwpkm_rag.benchmarks.systems import SystemSet, load_model_described
 
     start = time.perf_counter()
     model, desc, _ = load_model_described()
-    meta = dict(machine=machine(), commit=commit(), model=desc, power=power, weight=weight,
+    meta = dict(machine=machine(), commit=commit(), model=desc, power=power, weight=weight, exact_first=exact_first,
                 command="python -m fwpkm_rag.benchmarks.semantic_fusion " + " ".join(sys.argv[1:]),
                 load_average=os.getloadavg()[0])
     size = paraphrase.DEFAULTS_FULL["paraphrase_chunk_size"]
-    stores = bench_systems(model, size, power, weight)
+    stores = bench_systems(model, size, power, weight, exact_first)
     names = list(baselines) + list(stores)
     sset = SystemSet(list(baselines), model=model, chunk_size=size, extra=stores)
     cfg = dict(paraphrase.DEFAULTS_FULL, paraphrase_items=paraphrase_items)
@@ -392,13 +412,13 @@ def run_bench(power: int, weight: float, out_dir: str = "results/semantic_fusion
     res = dict(meta=meta, paraphrase=par)
     if entries:
         eset = SystemSet(list(baselines), model=model, chunk_size=ENTRY_CHUNK_SIZE,
-                         extra=bench_systems(model, ENTRY_CHUNK_SIZE, power, weight))
+                         extra=bench_systems(model, ENTRY_CHUNK_SIZE, power, weight, exact_first))
         res["entries"] = run_entries(eset)
         md += ["", "Entries (the addressing task, test split), recall@1 / recall@5 %:", "",
                entries_table(res["entries"], names)]
     if needles:
         nset = SystemSet(list(baselines), model=model, chunk_size=CHUNK_SIZE,
-                         extra=bench_systems(model, CHUNK_SIZE, power, weight))
+                         extra=bench_systems(model, CHUNK_SIZE, power, weight, exact_first))
         res["needles"] = run_needle_items(nset)
         md += ["", "128K needles, every needle asked (the segments bench's items):", "",
                needle_table(res["needles"], names)]
@@ -410,9 +430,11 @@ def run_bench(power: int, weight: float, out_dir: str = "results/semantic_fusion
 
 
 def main(argv=None) -> int:
-    from fwpkm_rag.pipelines.settings import DEFAULT_SEMANTIC_POWER, DEFAULT_SEMANTIC_WEIGHT
+    from fwpkm_rag.pipelines.settings import (DEFAULT_SEMANTIC_EXACT_FIRST, DEFAULT_SEMANTIC_POWER,
+                                              DEFAULT_SEMANTIC_WEIGHT)
 
-    ap = argparse.ArgumentParser(prog="python -m fwpkm_rag.benchmarks.semantic_fusion", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m fwpkm_rag.benchmarks.semantic_fusion",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="results/semantic_fusion")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -421,6 +443,7 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="paraphrase task and 128K needles for the store with a setting")
     b.add_argument("--power", type=int, default=DEFAULT_SEMANTIC_POWER)
     b.add_argument("--weight", type=float, default=DEFAULT_SEMANTIC_WEIGHT)
+    b.add_argument("--exact-first", action=argparse.BooleanOptionalAction, default=DEFAULT_SEMANTIC_EXACT_FIRST)
     b.add_argument("--paraphrase-items", type=int, default=4)
     b.add_argument("--no-needles", action="store_true")
     b.add_argument("--no-entries", action="store_true")
@@ -429,8 +452,8 @@ def main(argv=None) -> int:
     if args.cmd == "dev":
         run_dev(args.out, args.sources)
     else:
-        run_bench(args.power, args.weight, args.out, args.paraphrase_items, needles=not args.no_needles,
-                  entries=not args.no_entries)
+        run_bench(args.power, args.weight, args.exact_first, args.out, args.paraphrase_items,
+                  needles=not args.no_needles, entries=not args.no_entries)
     return 0
 
 

@@ -204,7 +204,7 @@ class SegmentWorker:
 
     def _ranked(self, view, query: str, k: int, idf, fusion) -> list:
         """This actor's segments ranked: lexical top k, or with `fusion` = (word idf list, source maxima, word
-        weight, semantic weight, semantic power) the fused top k (`segments.fuse_words`) from a lexical top max(k, CANDIDATES)."""
+        weight, semantic weight, semantic power, exact first, the store's exact-words best score) the fused top k (`segments.fuse_words`) from a lexical top max(k, CANDIDATES)."""
         import torch
 
         from fwpkm_rag.pipelines.segments import rank_segments
@@ -216,11 +216,12 @@ class SegmentWorker:
                 return rank_segments(view.segments, query, k, idf=counts)
             from fwpkm_rag.pipelines.segments import fuse_words
 
-            word_idf, tops, weight, semantic_weight, semantic_power = fusion
+            word_idf, tops, weight, semantic_weight, semantic_power, exact_first, exact_top = fusion
             ranked = rank_segments(view.segments, query, max(k, CANDIDATES), idf=counts)
             word_idf = None if word_idf is None else torch.as_tensor(word_idf, dtype=torch.float32)
             return fuse_words(view.segments, query, ranked, k, weight, word_idf=word_idf, tops=tops,
-                              semantic_weight=semantic_weight, semantic_power=semantic_power)
+                              semantic_weight=semantic_weight, semantic_power=semantic_power,
+                              exact_first=exact_first, exact_top=exact_top)
 
     def source_maxima(self, query: str, k: int, idf: tuple, word_idf: Optional[list]) -> list:
         """[lexical, word layer] (+ [chunk semantic layer] when the store has it): each source's maximum score over
@@ -240,12 +241,28 @@ class SegmentWorker:
             w = None if word_idf is None else torch.as_tensor(word_idf, dtype=torch.float32)
             return source_maxima(fusion_sources(segments, query, ranked, w))
 
+    def exact_maximum(self, query: str, k: int, idf: tuple, word_idf: Optional[list], tops: list,
+                      word_weight: float) -> float:
+        """The best exact-words fusion score (lexical store + word layer, the store's maxima `tops`) over this
+        actor's segments (`segments.exact_maximum`): the driver's maximum over the actors is the store's."""
+        import torch
+
+        from fwpkm_rag.pipelines.segments import exact_maximum, rank_segments
+        from fwpkm_rag.pipelines.word_layer import CANDIDATES
+
+        counts = (int(idf[0]), torch.as_tensor(idf[1], dtype=torch.int64))
+        with torch.no_grad():
+            segments = self.index.view.segments
+            ranked = rank_segments(segments, query, max(k, CANDIDATES), idf=counts)
+            w = None if word_idf is None else torch.as_tensor(word_idf, dtype=torch.float32)
+            return exact_maximum(segments, query, ranked, word_weight, word_idf=w, tops=tops)
+
     def search(self, query: str, k: int, with_matches: bool, match_top: int, idf: Optional[tuple] = None,
                fusion: Optional[tuple] = None) -> list:
         """[(segment id, that segment's own top k as Hits)] for every segment of this actor, in order; the
         question's tokens weighted by the store-wide idf counts `idf` = (N, df list) (default: this actor's);
-        `fusion` = (word idf, source maxima, word weight, semantic weight, semantic power): fused with the word
-        layer (and the chunk semantic layer) over the whole store."""
+        `fusion` = (word idf, source maxima, word weight, semantic weight, semantic power, exact first, exact
+        top): fused with the word layer (and the chunk semantic layer) over the whole store."""
         from fwpkm_rag.pipelines.retrieval import check_query, hits_of
 
         idx = self.index
@@ -559,7 +576,9 @@ class DistributedIndex:
 
     def _fusion(self, query: str, k: int, idf: tuple, word_counts: list) -> tuple:
         """(word idf list, [lexical max, word max (, semantic max)] over every actor, word weight, semantic weight,
-        semantic power) for the actors' fusion."""
+        semantic power, exact first, the exact-words fusion's best score over every actor) for the actors' fusion:
+        with the semantic layer and `semantic_exact_first` one more round, since that best score needs the
+        maxima."""
         import torch
 
         from fwpkm_rag.pipelines.word_layer import idf_from_counts
@@ -572,7 +591,13 @@ class DistributedIndex:
                              for s in range(self.num_workers)})
         n_sources = 3 if self.settings.semantic_layer else 2
         tops = [max((m[i] if i < len(m) else 0.0) for m in maxima.values()) for i in range(n_sources)]
-        return word_idf, tops, self.settings.word_weight, self.settings.semantic_weight, self.settings.semantic_power
+        st = self.settings
+        exact_first, exact_top = st.semantic_layer and st.semantic_exact_first, None
+        if exact_first:
+            best = self._call({s: (lambda a: a.exact_maximum.remote(query, k, idf, word_idf, tops, st.word_weight))
+                               for s in range(self.num_workers)})
+            exact_top = max(best.values(), default=0.0)
+        return word_idf, tops, st.word_weight, st.semantic_weight, st.semantic_power, exact_first, exact_top
 
     def get(self, doc_ids: Iterable[str]) -> list:
         doc_ids = list(doc_ids)

@@ -440,7 +440,8 @@ class SegmentedIndex:
             if fused:
                 ranked = fuse_words(segments, query, rank_segments(segments, query, max(k, CANDIDATES)), k,
                                     self.settings.word_weight, semantic_weight=self.settings.semantic_weight,
-                                    semantic_power=self.settings.semantic_power)
+                                    semantic_power=self.settings.semantic_power,
+                                    exact_first=self.settings.semantic_exact_first)
             else:
                 ranked = rank_segments(segments, query, k)
             return merged_hits(segments, dbs, ranked, k, strategy, with_matches=with_matches, match_top=match_top)
@@ -479,7 +480,8 @@ class SegmentedIndex:
             if fused and k:
                 ranked = fuse_words_reference(view.segments, query, ranked, k, self.settings.word_weight,
                                               semantic_weight=self.settings.semantic_weight,
-                                              semantic_power=self.settings.semantic_power)
+                                              semantic_power=self.settings.semantic_power,
+                                              exact_first=self.settings.semantic_exact_first)
             per_segment = [hits_of(sv.index, sv.view, db, r, segment=sv.id)
                            for sv, r, db in zip(view.segments, ranked, dbs)]
             return merge_hits(per_segment, k, strategy)
@@ -605,15 +607,12 @@ def semantic_scores(segments, query: str, tensors: bool = False) -> Optional[lis
     return out
 
 
-def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: float, *,
-               word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None,
-               semantic_weight: float = 0.0, semantic_power: int = 1) -> list[Ranked]:
-    """`fuse_words_reference` (the same rule, the same lists and scores, to the bit) with the segments' sources
-    as tensors: every segment's (segment, chunk) scores of every source are concatenated and fused, sorted and
-    cut to k per segment in a handful of ops for the whole store, instead of a dict and a sort per segment."""
+def source_tables(segments, query: str, ranked: list[Ranked], word_idf: Optional[torch.Tensor] = None,
+                  semantic: bool = True) -> list[tuple]:
+    """`fusion_sources` as tensors: per source (lexical, word layer, and the chunk semantic layer when the segments
+    have it and `semantic`) its rows (segment position (S,), chunk id (S,), score (S,) float64 > 0), segments in
+    order (Python's floats, as the reference adds them)."""
     G = len(segments)
-    if not G:
-        return []
     layers = [sv.view.words for sv in segments if sv.view.words is not None]
     if word_idf is None and layers:
         word_idf = question_idf(layers, query)  # once per question, over every segment
@@ -621,27 +620,62 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
     no_ids, no_scores = torch.zeros(0, dtype=torch.long), torch.zeros(0)
     word = [sv.view.words.score_tensors(query, alive=sv.view.provenance.alive, idf=word_idf, address=address)
             if sv.view.words is not None else (no_ids, no_scores) for sv in segments]
-    # per source: segment (S,), chunk id (S,), score (S,) float64 (Python's floats, as the reference adds them)
     lexical = (torch.repeat_interleave(torch.arange(G), torch.as_tensor([len(r.chosen) for r in ranked], dtype=torch.long)),
                torch.as_tensor([c for r in ranked for c in r.chosen], dtype=torch.long),
                torch.as_tensor([x for r in ranked for x in r.scores], dtype=torch.float64))
     words = (torch.repeat_interleave(torch.arange(G), torch.as_tensor([ids.numel() for ids, _ in word], dtype=torch.long)),
              torch.cat([ids for ids, _ in word]), torch.cat([sc for _, sc in word]).double())
     tables = [lexical, words]
-    semantic = semantic_scores(segments, query, tensors=True)  # the third source: the chunk semantic layer
-    if semantic is not None:
-        tables.append((torch.repeat_interleave(torch.arange(G), torch.as_tensor([ids.numel() for ids, _ in semantic],
+    found = semantic_scores(segments, query, tensors=True) if semantic else None  # the chunk semantic layer
+    if found is not None:
+        tables.append((torch.repeat_interleave(torch.arange(G), torch.as_tensor([ids.numel() for ids, _ in found],
                                                                                   dtype=torch.long)),
-                       torch.cat([ids for ids, _ in semantic]), torch.cat([sc for _, sc in semantic]).double()))
-    sources = []
+                       torch.cat([ids for ids, _ in found]), torch.cat([sc for _, sc in found]).double()))
+    out = []
     for seg, ids, score in tables:
         keep = score > 0
-        sources.append((seg[keep], ids[keep], score[keep]))
+        out.append((seg[keep], ids[keep], score[keep]))
+    return out
+
+
+def exact_maximum(segments, query: str, ranked: list[Ranked], word_weight: float, *,
+                  word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None) -> float:
+    """The best score of the exact-words fusion (the lexical store and the word layer, each over its maximum
+    `tops`, weights 1 and `word_weight`) over these segments, as `fuse_words` computes it (to the bit): a Ray
+    actor's share of `exact_top`, whose maximum over the actors the driver passes back (0.0: nothing scored)."""
+    if not segments:
+        return 0.0
+    sources = source_tables(segments, query, ranked, word_idf, semantic=False)
+    tops = tops if tops is not None else [float(score.max()) if score.numel() else 0.0 for _, _, score in sources]
+    parts = [(seg, ids, score * w / top) for (seg, ids, score), w, top in zip(sources, [1.0, word_weight], tops)
+             if top > 0 and w != 0]
+    if not parts:
+        return 0.0
+    seg, ids, value = (torch.cat(x) for x in zip(*parts))
+    stride = int(ids.max()) + 1 if ids.numel() else 1
+    keys, inv = torch.unique(seg * stride + ids, return_inverse=True)
+    return float(torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inv, value).max())
+
+
+def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: float, *,
+               word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None,
+               semantic_weight: float = 0.0, semantic_power: int = 1, exact_first: bool = False,
+               exact_top: Optional[float] = None) -> list[Ranked]:
+    """`fuse_words_reference` (the same rule, the same lists and scores, to the bit) with the segments' sources
+    as tensors: every segment's (segment, chunk) scores of every source are concatenated and fused, sorted and
+    cut to k per segment in a handful of ops for the whole store, instead of a dict and a sort per segment."""
+    G = len(segments)
+    if not G:
+        return []
+    sources = source_tables(segments, query, ranked, word_idf)
+    semantic = sources[2] if len(sources) > 2 else None
     if tops is None:  # each source's maximum over every segment (`word_layer.source_maxima`)
         tops = [float(score.max()) if score.numel() else 0.0 for _, _, score in sources]
     weights, powers = [1.0, word_weight, semantic_weight], [1, 1, semantic_power]
     parts = [(seg, ids, score * w / top if p == 1 else flat_top(score / top, p) * w)
              for (seg, ids, score), w, top, p in zip(sources, weights, tops, powers) if top > 0 and w != 0]
+    # rows of the exact-words sources (lexical, word layer) come first in the concatenation below
+    n_exact = sum(s[0].numel() for s, w, top in zip(sources[:2], weights, tops) if top > 0 and w != 0)
     chosen: list[list] = [[] for _ in range(G)]
     values: list[list] = [[] for _ in range(G)]
     if parts:
@@ -649,6 +683,11 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
         stride = int(ids.max()) + 1 if ids.numel() else 1
         keys, inv = torch.unique(seg * stride + ids, return_inverse=True)  # (M,) ascending (segment, chunk)
         fused = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inv, value)  # (M,) a term per source
+        if exact_first and semantic is not None:  # the exact-words fusion (lexical + word rows only): its best gets B
+            exact = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inv[:n_exact], value[:n_exact])
+            best = float(exact.max()) if exact_top is None else exact_top
+            if best > 0:
+                fused[exact == best] += sum(weights)
         keys, fused = keys[fused > 0], fused[fused > 0]
         by_score = torch.sort(-fused, stable=True).indices  # best first, ties in chunk id order
         order = by_score[torch.sort(keys[by_score] // stride, stable=True).indices]  # grouped by segment
@@ -673,7 +712,8 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
 
 def fuse_words_reference(segments, query: str, ranked: list[Ranked], k: int, word_weight: float, *,
                word_idf: Optional[torch.Tensor] = None, tops: Optional[list] = None,
-               semantic_weight: float = 0.0, semantic_power: int = 1) -> list[Ranked]:
+               semantic_weight: float = 0.0, semantic_power: int = 1, exact_first: bool = False,
+               exact_top: Optional[float] = None) -> list[Ranked]:
     """Each segment's top k by the fusion of the lexical store and the word layer (docs/addressing.md, "How
     layers are combined" and "In the store"): the lexical source is each segment's ranking `ranked` (its top
     K >= k, positive scores only: chunks below K count 0 for it), the word source each segment's word layer
@@ -687,13 +727,24 @@ def fuse_words_reference(segments, query: str, ranked: list[Ranked], k: int, wor
     driver's, over every actor). When the segments hold chunk semantic layers (settings.semantic_layer), their
     scores are a third source (`semantic_scores`: the question embedded once; deleted chunks filtered), divided by
     its own maximum over the store, shaped by `word_layer.flat_top` with `semantic_power` and weighted
-    `semantic_weight`. The slow, obvious path (a dict per segment,
+    `semantic_weight`. With `exact_first` (and the semantic source there) the chunk that the lexical store and
+    the word layer alone rank best over the store (their fusion's maximum, `exact_top` when a Ray driver gives
+    it) gets B = 1 + word_weight + semantic_weight, the largest fused score a chunk can have, added: it ranks
+    first, and the semantic source orders the rest. The slow, obvious path (a dict per segment,
     `word_layer.fuse_sources`): tests hold `fuse_words` to it, and `search_reference` ranks through it."""
     sources = fusion_sources(segments, query, ranked, word_idf)
     out = []
     weights = [1.0, word_weight, semantic_weight][: len(sources)]  # the semantic layer's only when it is there
     powers = [1, 1, semantic_power][: len(sources)]
-    for sv, r, fused in zip(segments, ranked, fuse_sources(sources, weights, tops, powers)):
+    all_fused = fuse_sources(sources, weights, tops, powers)
+    if exact_first and len(sources) > 2:
+        exact = fuse_sources(sources[:2], weights[:2], None if tops is None else tops[:2])
+        best = max((v for per in exact for v in per.values()), default=0.0) if exact_top is None else exact_top
+        for fused, per in zip(all_fused, exact):
+            for c, v in per.items():
+                if best > 0 and v == best:
+                    fused[c] += sum(weights)
+    for sv, r, fused in zip(segments, ranked, all_fused):
         chosen = sorted(fused, key=lambda c: (-fused[c], c))[:k]
         alive = sv.view.provenance.alive
         if len(chosen) < k and alive.numel():

@@ -66,24 +66,33 @@ its chunk by the same words in another order 59% of the time (with it 99%); at 1
 index bytes and the query latency target (docs/benchmarks.md, "Segments at 10M tokens"). Manifests written
 before the setting, which lack it, load with it off (the store they describe has no word layer)."""
 
-SEMANTIC_FIELDS = ("semantic_layer", "semantic_weight", "semantic_power")
+SEMANTIC_FIELDS = ("semantic_layer", "semantic_weight", "semantic_power", "semantic_exact_first")
 """The chunk semantic layer's settings (docs/addressing.md, "A chunk-level semantic layer"): in a store's manifest
 only when the layer is on."""
 
-DEFAULT_SEMANTIC_WEIGHT = 16.0
-"""Default `semantic_weight` (lexical 1, word layer `word_weight`): chosen on dev for the layer's current rule (a
-chunk scores its best sentence; `python -m fwpkm_rag.benchmarks.semantic_fusion dev`): the best dev-pair recall@5
-(82.3%; 28.0% without the layer) among the weights x powers that keep the dev needles' hit@1 (every needle of five
-train-split items, 181 questions: 91.7%, as without the layer) and the dev entries' recall@1 (99.5%; 99.1%
-without). Weights above it find more pairs (85.2% at 128) and lose needles (87.8%); the needles' hit@5 falls from
-98.9% to 96.1% at 16 (docs/benchmarks.md, "The semantic source in the fusion"). The first, sum-pooled layer used
-32."""
+DEFAULT_SEMANTIC_WEIGHT = 128.0
+"""Default `semantic_weight` (lexical 1, word layer `word_weight`), chosen on dev with `DEFAULT_SEMANTIC_POWER` and
+`DEFAULT_SEMANTIC_EXACT_FIRST` (`python -m fwpkm_rag.benchmarks.semantic_fusion dev`; docs/benchmarks.md, "The
+semantic source in the fusion"): the best dev-pair recall@5 (81.7%; 28.0% without the layer) among the settings
+that keep the dev needles' hit@1 and hit@5 (every needle of five train-split items, 181 questions: 91.7% / 98.9%,
+as without the layer) and the dev entries' recall@1 (99.1%). Exact first makes rank 1 the exact-words best, so
+the weight only orders ranks 2 and on, where the semantic source then decides (64 and 128 both give 81.2% at
+power 1). Without exact first the best such weight was 16 (82.3%) but the needles' hit@5 fell to 96.1%."""
 
-DEFAULT_SEMANTIC_POWER = 1
-"""Default `semantic_power`: 1, the semantic source's normalised scores as they are (`word_layer.flat_top`). Chosen
-on the same dev grid as `DEFAULT_SEMANTIC_WEIGHT` (powers 1-16): with the best-sentence rule a larger power finds
-fewer dev pairs at every weight and keeps no more needles (power 3 at weight 16: 72.3% / 90.1%). It did help the
-first, sum-pooled layer (dev pairs 65.1% at power 3, weight 8, with the needles kept)."""
+DEFAULT_SEMANTIC_POWER = 2
+"""Default `semantic_power`: 1 - (1 - x)^2 of the semantic source's normalised score x (`word_layer.flat_top`),
+chosen with `DEFAULT_SEMANTIC_WEIGHT` on the same dev grid (powers 1-16): 81.7% dev pairs vs 81.2% at power 1 (two
+of 372 questions). It mattered more for the first, sum-pooled layer (dev pairs 65.1% at power 3, weight 8, with
+the needles kept, vs 48.1% at power 1)."""
+
+DEFAULT_SEMANTIC_EXACT_FIRST = True
+"""Default `semantic_exact_first`: the chunk that the lexical store and the word layer alone rank best over the
+store gets the largest fused score there is (1 + word_weight + semantic_weight added), so rank 1 is the
+exact-words answer and the semantic source orders the rest. Why: where a needle's own sentence embeds poorly (cut
+by a chunk boundary, or run into filler) a look-alike's semantic score outvotes the chunk holding the exact key
+at any weight that helps reworded questions; on dev the needles' hit@1 and hit@5 then stay as without the layer
+(91.7% / 98.9%) at every weight, for 1-3 points of dev-pair recall@5. Manifests saved before the setting, which
+lack it, load with it off (they ranked without it)."""
 
 SEMANTIC_POWER_BEFORE = 1
 """The `semantic_power` of stores saved before the setting existed (their manifests lack it): the semantic source
@@ -120,17 +129,21 @@ class StoreSettings:
     word_topk: slots the word layer reads and writes per word (default 2, `DEFAULT_WORD_TOPK`); every segment
         of a store uses the same (its manifest records it; a store saved before the setting used 4).
     semantic_layer: also address every chunk by the meaning of its sentences (a `ChunkSemanticLayer` per segment,
-        pipelines/chunk_semantic.py: MiniLM sentence embeddings read as product keys; docs/addressing.md "A
-        chunk-level semantic layer") and fuse its scores with the other sources, weighted `semantic_weight`.
-        Finds a chunk by a question in other words (paraphrase recall@5 60% alone, 56% fused, vs 8% without), at a
-        cost to exact-key needles (128K, every needle asked: 76% hit@5 at the default weight).
-        Off by default: it needs all-MiniLM-L6-v2 (the `baselines` extra) and a MiniLM forward per sentence at
-        ingest and per question. Needs merge="raw".
-    semantic_weight: the semantic layer's weight in the fusion (> 0; default 32, `DEFAULT_SEMANTIC_WEIGHT`).
+        pipelines/chunk_semantic.py: MiniLM sentence embeddings read as product keys, a chunk scored by its best
+        sentence; docs/addressing.md "A chunk-level semantic layer") and fuse its scores with the other sources.
+        Finds a chunk by a question in other words (the paraphrase task's recall@5: the layer alone 89%, MiniLM +
+        FAISS 67%; the fused store: docs/benchmarks.md, "The semantic source in the fusion"). Off by default: it
+        needs all-MiniLM-L6-v2 (the `baselines` extra), a MiniLM forward per sentence at ingest and per question,
+        and ~21 more bytes per corpus token. Needs merge="raw".
+    semantic_weight: the semantic layer's weight in the fusion (> 0; default 128, `DEFAULT_SEMANTIC_WEIGHT`).
     semantic_power: an int >= 1: the semantic source's normalised score x (its maximum over the store scores 1)
-        counts 1 - (1 - x)^power (`word_layer.flat_top`; 1: x itself, `DEFAULT_SEMANTIC_POWER`). A larger power
-        makes every chunk near the semantic best count almost fully, so that the lexical sources decide among
-        look-alikes (benchmarks/semantic_fusion.py). A store saved before the setting loads with 1.
+        counts 1 - (1 - x)^power (`word_layer.flat_top`; 1: x itself; default 2, `DEFAULT_SEMANTIC_POWER`). A
+        larger power makes every chunk near the semantic best count almost fully, so that the lexical sources
+        decide among look-alikes. A store saved before the setting loads with 1.
+    semantic_exact_first: rank first the chunk that the lexical store and the word layer alone rank best (it gets
+        1 + word_weight + semantic_weight added, the largest fused score there is), the semantic source ordering
+        the rest (default True, `DEFAULT_SEMANTIC_EXACT_FIRST`): exact-key questions keep their answer at rank 1
+        whatever the semantic weight. A store saved before the setting loads with it off.
     """
 
     chunk_tokens: int = 256
@@ -149,6 +162,7 @@ class StoreSettings:
     semantic_layer: bool = False
     semantic_weight: float = DEFAULT_SEMANTIC_WEIGHT  # dev-chosen: see DEFAULT_SEMANTIC_WEIGHT
     semantic_power: int = DEFAULT_SEMANTIC_POWER  # dev-chosen: see DEFAULT_SEMANTIC_POWER
+    semantic_exact_first: bool = DEFAULT_SEMANTIC_EXACT_FIRST  # dev-chosen: see DEFAULT_SEMANTIC_EXACT_FIRST
 
     def __post_init__(self) -> None:
         # Validated in the order earlier versions did, so a call with two bad values names the same one.
@@ -179,6 +193,8 @@ class StoreSettings:
             raise ConfigError(f"semantic_weight must be a finite number > 0, got {w!r}")
         object.__setattr__(self, "semantic_weight", float(w))
         check_int("semantic_power", self.semantic_power, 1)
+        if not isinstance(self.semantic_exact_first, bool):
+            raise ConfigError(f"semantic_exact_first must be True or False, got {self.semantic_exact_first!r}")
         if self.semantic_layer and self.merge != "raw":
             raise ConfigError(f"semantic_layer=True ranks by the fusion of the store's sources over the whole store "
                               f"(docs/addressing.md), which replaces the merge strategy: merge must be 'raw', got "
@@ -219,6 +235,8 @@ class StoreSettings:
             saved["word_topk"] = WORD_TOPK_BEFORE
         if saved.get("semantic_layer") and "semantic_power" not in saved:  # saved before the setting
             saved["semantic_power"] = SEMANTIC_POWER_BEFORE
+        if saved.get("semantic_layer") and "semantic_exact_first" not in saved:  # saved before the setting
+            saved["semantic_exact_first"] = False
         return cls(**{**saved, **overrides})
 
 

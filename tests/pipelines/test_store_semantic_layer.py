@@ -19,9 +19,11 @@ import torch
 from fwpkm_rag.errors import ConfigError
 from fwpkm_rag.pipelines import FwPKMStore, MemoryIndex
 from fwpkm_rag.pipelines.chunk_semantic import DIM, ChunkSemanticLayer, SentenceEncoder
-from fwpkm_rag.pipelines.segments import fuse_words, fuse_words_reference, fusion_sources, rank_segments
-from fwpkm_rag.pipelines.settings import (DEFAULT_SEMANTIC_POWER, DEFAULT_SEMANTIC_WEIGHT, DEFAULT_WORD_WEIGHT,
-                                          SEMANTIC_POWER_BEFORE, StoreSettings)
+from fwpkm_rag.pipelines.segments import (exact_maximum, fuse_words, fuse_words_reference, fusion_sources,
+                                          rank_segments)
+from fwpkm_rag.pipelines.settings import (DEFAULT_SEMANTIC_EXACT_FIRST, DEFAULT_SEMANTIC_POWER,
+                                          DEFAULT_SEMANTIC_WEIGHT, DEFAULT_WORD_WEIGHT, SEMANTIC_POWER_BEFORE,
+                                          StoreSettings)
 from fwpkm_rag.pipelines.word_layer import CANDIDATES, flat_top, question_idf, source_maxima
 from test_reliability import assert_same, fingerprint
 from test_segments import prose, segment_ranking
@@ -84,7 +86,9 @@ def fused_by_hand(store: FwPKMStore, query: str, k: int, encoder) -> list[tuple]
     """docs/addressing.md's rule with three sources, by hand: lexical top max(k, 50) per segment, word layer
     scores (store-wide word idf), semantic scores of a layer rebuilt from each segment's chunks; each divided by
     its maximum over the store, the semantic one then taken to 1 - (1 - x)^semantic_power, weighted 1,
-    word_weight, semantic_weight; best first (ties: segment, chunk id), then the live chunks that scored for none."""
+    word_weight, semantic_weight, summed; with semantic_exact_first the chunk whose lexical + word sum is the
+    store's best gets 1 + word_weight + semantic_weight more; best first (ties: segment, chunk id), then the live
+    chunks that scored for none."""
     settings = store.settings
     segments = store.index.segments
     layers = [s.index.view.words for s in segments]
@@ -99,13 +103,26 @@ def fused_by_hand(store: FwPKMStore, query: str, k: int, encoder) -> list[tuple]
         semantic.append({c: v for c, v in ref.items() if bool(alive[c])})
     tops = [max((v for d in src for v in d.values()), default=0.0) for src in (lexical, words, semantic)]
     weights = [1.0, settings.word_weight, settings.semantic_weight]
-    entries = []
-    for pos, s in enumerate(segments):
-        fused = {}
-        for src, w, top, p in zip((lexical, words, semantic), weights, tops, (1, 1, settings.semantic_power)):
+    fused_all, exact_all = [], []
+    for pos in range(len(segments)):
+        fused, exact = {}, {}
+        for i, (src, w, top, p) in enumerate(zip((lexical, words, semantic), weights, tops,
+                                                  (1, 1, settings.semantic_power))):
             for c, v in src[pos].items() if top > 0 else ():
                 shaped = v / top if p == 1 else 1 - (1 - v / top) ** p
                 fused[c] = fused.get(c, 0.0) + w * shaped
+                if i < 2:
+                    exact[c] = exact.get(c, 0.0) + w * shaped
+        fused_all.append(fused)
+        exact_all.append(exact)
+    best = max((v for e in exact_all for v in e.values()), default=0.0)
+    entries = []
+    for pos, s in enumerate(segments):
+        fused = fused_all[pos]
+        if settings.semantic_exact_first:  # the exact-words best over the store gets the largest fused score
+            for c, v in exact_all[pos].items():
+                if best > 0 and v == pytest.approx(best, rel=1e-12):
+                    fused[c] += sum(weights)
         alive = s.index.view.provenance.alive
         for c in range(alive.numel()):
             if bool(alive[c]):
@@ -137,13 +154,20 @@ def test_questions_in_other_words_find_their_chunk_with_minilm(small_model):
     for s in (plain, sem):
         s.add_texts(docs, ids=ids)
     assert len(sem.index.segments) >= 2
-    found = {"plain": 0, "semantic": 0}
+    found = {"plain": 0, "semantic": 0, "semantic top 2": 0}
     for i, q in enumerate(QUESTIONS):
-        found["plain"] += f"f{i}" in [d.id for d in plain.similarity_search(q, k=1)]
+        plain_top = [d.id for d in plain.similarity_search(q, k=1)]
+        found["plain"] += f"f{i}" in plain_top
+        top2 = [d.id for d in sem.similarity_search(q, k=2)]
+        assert top2[0] == plain_top[0], q  # exact first: rank 1 is the exact-words best, the plain store's
+        found["semantic top 2"] += f"f{i}" in top2
+    sem.index.settings = sem.settings.replace(semantic_exact_first=False)  # one ranking over the three sources
+    for i, q in enumerate(QUESTIONS):
         found["semantic"] += f"f{i}" in [d.id for d in sem.similarity_search(q, k=1)]
-    # the layer is a quantiser: a question whose reads share no slot with its fact's writes scores it 0 (the
-    # bridge question here); it may miss one, the lexical store and word layer miss most (no word is shared)
+    # the layer is a quantiser: a question whose reads share no slot with its fact's writes scores it 0; it may
+    # miss one, the lexical store and word layer miss most (no word is shared)
     assert found["semantic"] >= len(QUESTIONS) - 1 and found["semantic"] >= found["plain"] + 2, found
+    assert found["semantic top 2"] >= len(QUESTIONS) - 1, found
     assert sem.index.nbytes() > plain.index.nbytes()
     plain.close()
     sem.close()
@@ -166,8 +190,9 @@ def test_fused_ranking_equals_the_rule_by_hand_across_segments(small_model, bag)
         assert [(h.segment, h.chunk_id, h.doc_id) for h in store.index.search_reference(q, 6)] == \
             [(h.segment, h.chunk_id, h.doc_id) for h in store.search_with_provenance(q, k=6, matched_slots=0)]
     # the weight and the power are applied as given
-    for weight, power in ((0.5, 1), (0.5, 3), (40.0, 8)):
-        store.index.settings = store.settings.replace(semantic_weight=weight, semantic_power=power)
+    for weight, power, first in ((0.5, 1, False), (0.5, 3, True), (40.0, 8, True), (40.0, 1, False)):
+        store.index.settings = store.settings.replace(semantic_weight=weight, semantic_power=power,
+                                                      semantic_exact_first=first)
         for q in (shuffled(entry(7), 3), "lantern quarry golf hotel"):
             got = store.search_with_provenance(q, k=5, matched_slots=0)
             ref = fused_by_hand(store, q, 5, bag)
@@ -187,9 +212,11 @@ def test_the_tensor_fusion_equals_the_dict_reference_to_the_bit(small_model, bag
         ranked = rank_segments(segments, q, CANDIDATES)
         assert len(fusion_sources(segments, q, ranked)) == 3
         for k in (1, 3, 9, 40):
-            for power in (1, 2, 8):
-                fast = fuse_words(segments, q, ranked, k, 8.0, semantic_weight=32.0, semantic_power=power)
-                ref = fuse_words_reference(segments, q, ranked, k, 8.0, semantic_weight=32.0, semantic_power=power)
+            for power, first in ((1, False), (2, True), (8, False), (1, True)):
+                fast = fuse_words(segments, q, ranked, k, 8.0, semantic_weight=32.0, semantic_power=power,
+                                  exact_first=first)
+                ref = fuse_words_reference(segments, q, ranked, k, 8.0, semantic_weight=32.0, semantic_power=power,
+                                           exact_first=first)
                 assert [(r.chosen, r.scores) for r in fast] == [(r.chosen, r.scores) for r in ref], (q, k, power)
         idf = question_idf(layers, q)
         tops = [2 * t for t in source_maxima(fusion_sources(segments, q, ranked, idf))]
@@ -197,6 +224,19 @@ def test_the_tensor_fusion_equals_the_dict_reference_to_the_bit(small_model, bag
         ref = fuse_words_reference(segments, q, ranked, 5, 0.5, word_idf=idf, tops=tops, semantic_weight=3.0,
                                    semantic_power=5)
         assert [(r.chosen, r.scores) for r in fast] == [(r.chosen, r.scores) for r in ref], q
+        # a Ray actor's share: the exact-words best of some segments, given the store's maxima, is the value that
+        # the full fusion's bonus goes to (to the bit), and passing the store's best as exact_top changes nothing
+        best = exact_maximum(segments, q, ranked, 0.5, word_idf=idf, tops=tops)
+        assert best == max(exact_maximum(segments[:2], q, ranked[:2], 0.5, word_idf=idf, tops=tops),
+                           exact_maximum(segments[2:], q, ranked[2:], 0.5, word_idf=idf, tops=tops))
+        kw = dict(word_idf=idf, tops=tops, semantic_weight=3.0, exact_first=True)
+        whole = fuse_words(segments, q, ranked, 5, 0.5, **kw)
+        assert [(r.chosen, r.scores) for r in whole] == \
+            [(r.chosen, r.scores) for r in fuse_words(segments, q, ranked, 5, 0.5, exact_top=best, **kw)] == \
+            [(r.chosen, r.scores) for r in fuse_words_reference(segments, q, ranked, 5, 0.5, exact_top=best, **kw)]
+        if best > 0:  # the bonus holder is first in its segment and outranks every other segment's first
+            firsts = [r.scores[0] for r in whole if r.scores]
+            assert max(firsts) >= 1.0 + 0.5 + 3.0
     store.close()
 
 
@@ -334,9 +374,14 @@ def test_semantic_settings_are_validated():
     for bad in (0, -2, 2.0, "3", True, None):
         with pytest.raises(ConfigError, match="semantic_power"):
             StoreSettings(semantic_power=bad)
-    # a manifest written before the setting ranked by the semantic scores as they are: it loads with power 1
-    older = {name: v for name, v in on.store_dict().items() if name != "semantic_power"}
+    # a manifest written before the settings ranked by the semantic scores as they are: power 1, no exact first
+    older = {name: v for name, v in on.store_dict().items() if name not in ("semantic_power", "semantic_exact_first")}
     assert StoreSettings.from_dict(older).semantic_power == SEMANTIC_POWER_BEFORE == 1
+    assert StoreSettings.from_dict(older).semantic_exact_first is False
+    assert on.semantic_exact_first is DEFAULT_SEMANTIC_EXACT_FIRST and StoreSettings.from_dict(on.store_dict()) == on
+    for bad in (1, "yes", None):
+        with pytest.raises(ConfigError, match="semantic_exact_first"):
+            StoreSettings(semantic_exact_first=bad)
     with pytest.raises(ConfigError, match="semantic_layer"):
         StoreSettings(semantic_layer=1)
     with pytest.raises(ConfigError, match="merge must be 'raw'"):

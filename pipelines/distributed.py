@@ -204,7 +204,8 @@ class SegmentWorker:
 
     def _ranked(self, view, query: str, k: int, idf, fusion) -> list:
         """This actor's segments ranked: lexical top k, or with `fusion` = (word idf list, source maxima, word
-        weight, semantic weight, semantic power, exact first, the store's exact-words best score) the fused top k (`segments.fuse_words`) from a lexical top max(k, CANDIDATES)."""
+        weight, semantic weight, semantic power, exact first, the store's exact-words best score) the fused top k
+        (`segments.fuse_words`) from a lexical top max(k, CANDIDATES)."""
         import torch
 
         from fwpkm_rag.pipelines.segments import rank_segments

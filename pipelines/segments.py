@@ -651,10 +651,17 @@ def exact_maximum(segments, query: str, ranked: list[Ranked], word_weight: float
              if top > 0 and w != 0]
     if not parts:
         return 0.0
+    keys, inv, value, _ = keyed_rows(parts)
+    return float(torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inv, value).max())
+
+
+def keyed_rows(parts: list[tuple]) -> tuple:
+    """The sources' rows [(segment (S,), chunk id (S,), value (S,))] concatenated in order and keyed by (segment,
+    chunk): keys (M,) ascending segment * stride + chunk, each row's key index inv (R,), values (R,), stride."""
     seg, ids, value = (torch.cat(x) for x in zip(*parts))
     stride = int(ids.max()) + 1 if ids.numel() else 1
     keys, inv = torch.unique(seg * stride + ids, return_inverse=True)
-    return float(torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inv, value).max())
+    return keys, inv, value, stride
 
 
 def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: float, *,
@@ -679,9 +686,7 @@ def fuse_words(segments, query: str, ranked: list[Ranked], k: int, word_weight: 
     chosen: list[list] = [[] for _ in range(G)]
     values: list[list] = [[] for _ in range(G)]
     if parts:
-        seg, ids, value = (torch.cat(x) for x in zip(*parts))
-        stride = int(ids.max()) + 1 if ids.numel() else 1
-        keys, inv = torch.unique(seg * stride + ids, return_inverse=True)  # (M,) ascending (segment, chunk)
+        keys, inv, value, stride = keyed_rows(parts)  # (M,) ascending (segment, chunk); (R,) rows' key index
         fused = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inv, value)  # (M,) a term per source
         if exact_first and semantic is not None:  # the exact-words fusion (lexical + word rows only): its best gets B
             exact = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inv[:n_exact], value[:n_exact])

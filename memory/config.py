@@ -11,6 +11,7 @@ from fwpkm_rag.errors import ConfigError, check_int
 SCORES = ("idw", "dot")
 INNER_GRADS = ("analytic", "autograd")
 MODES = ("isolated", "shared")
+WRITE_GATES = ("shared", "separate")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class FwPKMConfig:
     inner_grad: str = "analytic"  # inner gradients in closed form, or by torch.autograd.grad (memory/inner_autograd.py)
     mode: str = "isolated"  # default state mode: one memory per sequence, or one shared by the batch
     q_conv: int = 0  # kernel of a depthwise causal conv on the query projection (0 = none, as the paper)
+    # "shared": g_t both mixes the read into the output and weights t's write (spec §5-6, the paper).
+    # "separate": the write is weighted by its own gate, computed from h_t and the (conv'd) query q_t, so it
+    # sees the query's context and can close on filler without starving the output mix (docs/fwpkm.md).
+    write_gate: str = "shared"
     max_slot_norm: Optional[float] = None  # refuse updates that push a value row's L2 norm past this
     seed: int = 0  # seed of the initial fast weights (regenerated, never stored in checkpoints)
     check_inputs: bool = True  # validate shapes and finiteness of inputs (one host sync per call)
@@ -61,6 +66,8 @@ class FwPKMConfig:
             raise ConfigError(f"FwPKMConfig.inner_grad must be one of {INNER_GRADS}, got {self.inner_grad!r}")
         if self.mode not in MODES:
             raise ConfigError(f"FwPKMConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.write_gate not in WRITE_GATES:
+            raise ConfigError(f"FwPKMConfig.write_gate must be one of {WRITE_GATES}, got {self.write_gate!r}")
         if self.max_slot_norm is not None and not (
             isinstance(self.max_slot_norm, (int, float)) and 0 < self.max_slot_norm < float("inf")
         ):

@@ -44,7 +44,8 @@ class FwPKMOutput:
     state: MemoryState  # the memory after this call
     slots: Optional[Tensor] = None  # (B, T, H, k) slots read per token (return_reads=True)
     weights: Optional[Tensor] = None  # (B, T, H, k) read weights
-    gate: Optional[Tensor] = None  # (B, T) g_t
+    gate: Optional[Tensor] = None  # (B, T) g_t, the output mix
+    write_gate: Optional[Tensor] = None  # (B, T) the weight of t's write (g_t itself unless write_gate="separate")
     writes: list = field(default_factory=list)  # per chunk written: chunk, slots, strength (B, L, H, k)
     diagnostics: Optional[dict] = None  # (diagnostics=True) losses, usage, gate statistics
 
@@ -71,6 +72,11 @@ class FwPKM(nn.Module):
         self.o_proj = nn.Linear(config.v_dim, d_model)
         # Depthwise causal conv over the query projection (taps t-K+1 .. t); starts as the identity.
         self.q_conv = nn.Parameter(torch.zeros(width, config.q_conv)) if config.q_conv else None
+        if config.write_gate == "separate":
+            # g_w = sigmoid(W_w RMSNorm_w(h_t) + U_w q_t + b_w); U_w starts at 0 (g_w then reads h_t only)
+            self.w_norm = nn.RMSNorm(d_model, eps=1e-6)
+            self.w_proj = nn.Linear(d_model, 1)
+            self.w_ctx = nn.Linear(width, 1, bias=False)
         keys, values = initial_fast_weights(config)
         self.register_buffer("keys_init", keys, persistent=False)
         self.register_buffer("values_init", values, persistent=False)
@@ -84,6 +90,10 @@ class FwPKM(nn.Module):
             with torch.no_grad():
                 self.q_conv.zero_()
                 self.q_conv[:, -1] = 1.0
+        if self.config.write_gate == "separate":
+            nn.init.normal_(self.w_proj.weight, std=0.02)
+            nn.init.zeros_(self.w_proj.bias)
+            nn.init.zeros_(self.w_ctx.weight)
 
     def _apply(self, fn, recurse=True):
         # The initial fast weights stay fp32 whatever dtype the slow weights are cast to (spec §4).
@@ -116,6 +126,14 @@ class FwPKM(nn.Module):
         v = zscore(self.v_proj(self.v_norm(hidden)).float())
         g = torch.sigmoid(self.g_proj(self.g_norm(hidden)).float()).squeeze(-1)
         return q, v, g, conv_cache
+
+    def write_weight(self, hidden: Tensor, q: Tensor, g: Tensor) -> Tensor:
+        """(B, T) the gate that weights each token's write: g itself ("shared"), or the separate write gate
+        over the token and its query q (B, T, H*k_dim), whose causal conv gives it the last q_conv tokens."""
+        if self.config.write_gate == "shared":
+            return g
+        logit = self.w_proj(self.w_norm(hidden)).float() + self.w_ctx(q.to(self.w_ctx.weight.dtype)).float()
+        return torch.sigmoid(logit).squeeze(-1)
 
     def _check(self, hidden: Tensor, mask: Optional[Tensor], state: MemoryState) -> None:
         if not isinstance(hidden, Tensor):
@@ -156,7 +174,8 @@ class FwPKM(nn.Module):
             state = self.init_state(hidden.shape[0])
         self._check(hidden, mask, state)
         q, v, g, conv_cache = self.project(hidden, state.conv_cache)
-        res = stream_memory(q, v, g, mask, state, read_only=read_only, inplace=inplace)
+        g_write = self.write_weight(hidden, q, g)
+        res = stream_memory(q, v, g_write, mask, state, read_only=read_only, inplace=inplace)
         res.state = _replace_conv(res.state, conv_cache)
         mixed = g.unsqueeze(-1) * res.vhat + (1 - g.unsqueeze(-1)) * v
         out = self.o_proj(self.o_norm(mixed.to(hidden.dtype)))
@@ -166,6 +185,7 @@ class FwPKM(nn.Module):
             slots=res.slots if return_reads else None,
             weights=res.weights if return_reads else None,
             gate=g if return_reads else None,
+            write_gate=g_write if return_reads else None,
             writes=res.writes,
             diagnostics=self._diagnostics(res, g, mask) if diagnostics else None,
         )

@@ -223,7 +223,7 @@ def _layer_hook(slot: int):
                         return_reads=call.collect)
             call.states[slot] = out.state
             if call.collect:
-                call.reads[slot] = (out.slots, out.weights, out.gate)
+                call.reads[slot] = (out.slots, out.weights, out.write_gate)
                 call.writes[slot] = out.writes
         h = h + out.output
         if args:

@@ -4,7 +4,7 @@
     cache = model.init_cache(batch_size=1)
     out = model(ids_part1, cache=cache)                 # any split of a stream == one call (spec §8)
     out = model(ids_part2, cache=cache, return_memory=True)
-    out.memory_reads[i]  -> (slots (B,T,H,k), weights (B,T,H,k), gate (B,T)) of FwPKM layer i
+    out.memory_reads[i]  -> (slots (B,T,H,k), weights (B,T,H,k), write gate (B,T)) of FwPKM layer i
     out.memory_writes[i] -> the write records of FwPKM layer i made in this call
     writes = model.flush_memory(cache)                  # write the queued partial chunks
     model.generate(question_ids, cache=cache, max_new_tokens=8)   # answers from the memory
@@ -188,7 +188,7 @@ class FwPKMForCausalLM(StreamingLM, PreTrainedModel, GenerationMixin):
             if mem_out is not None:
                 memories[mem_i] = mem_out.state
                 if return_memory:
-                    reads.append((mem_out.slots, mem_out.weights, mem_out.gate))
+                    reads.append((mem_out.slots, mem_out.weights, mem_out.write_gate))
                     writes.append(mem_out.writes)
                 mem_i += 1
         if cache is not None:

@@ -25,7 +25,7 @@ class FwPKMCausalLMOutput(ModelOutput):
     loss: Optional[Tensor] = None  # () mean next-token cross-entropy over non-ignored labels
     logits: Optional[Tensor] = None  # (B, T or logits_to_keep, vocab); None for memory_only calls
     cache: Optional[FwPKMCache] = None  # the (updated) streaming cache, when one was used
-    memory_reads: Optional[list] = None  # per FwPKM layer: (slots, weights, gate) of this call's tokens
+    memory_reads: Optional[list] = None  # per FwPKM layer: (slots, weights, write gate) of this call's tokens
     memory_writes: Optional[list] = None  # per FwPKM layer: list of write dicts made in this call
     hidden_states: Optional[Tensor] = None  # (B, T, d) final hidden states (output_hidden_states=True)
 

@@ -161,6 +161,12 @@ CURRICULUM_V2 = (
                distractors=0.6, question_share=0.2),
 )
 
+# v3 (from v2's end): the v2 stage-2 episodes only; what changes is the model (a separate write gate)
+CURRICULUM_V3 = (
+    ChainStage("1: 4K episodes, separate write gate", steps=1200, seq_len=4096, batch=1, facts=(4, 12), min_gap=640,
+               distractors=0.6, question_share=0.2),
+)
+
 
 class ChainEpisodeMaker(EpisodeMaker):
     """Episodes of grammar facts (fwpkm_rag.training.facts) in filler, then questions beyond the window.

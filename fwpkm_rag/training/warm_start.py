@@ -1,5 +1,8 @@
 """Warm start: a larger-vocabulary (and larger-memory) model that begins as the shipped v1 model.
 
+`tiny-v3` (from v2) adds a separate write gate per FwPKM layer; it starts as v2's gate (its token part a
+copy of v2's g, its context part 0), so v3 begins computing exactly what v2 computes.
+
 `tiny-v2` differs from `tiny` only in the tokenizer (32,768 ranks instead of 8,192) and in the memory's
 number of sub-keys. Neither changes a slow weight's shape except the tied embedding: the FwPKM sub-keys and
 value rows are fast weights (per-sequence state regenerated from a seed, never parameters), so the
@@ -73,6 +76,9 @@ def warm_start(model, source) -> dict:
     for name, param in model.state_dict().items():
         if name in ("embed_tokens.weight", "lm_head.weight"):
             continue  # rebuilt below (lm_head is tied to it)
+        if name not in src and _is_write_gate(name):
+            _start_write_gate(name, param, src)  # a separate write gate starts as the source's shared gate
+            continue
         if name not in src or src[name].shape != param.shape:
             raise ConfigError(f"warm start: {name} {tuple(param.shape)} has no same-shaped weight in the source")
         param.copy_(src[name])
@@ -85,3 +91,23 @@ def warm_start(model, source) -> dict:
     if not model.config.tie_word_embeddings:
         model.lm_head.weight.copy_(emb)
     return {"copied": copied, "new_rows": new_tok["k_ranks"] - old_tok["k_ranks"]}
+
+
+_WRITE_GATE_TWINS = {"w_norm.weight": "g_norm.weight", "w_proj.weight": "g_proj.weight", "w_proj.bias": "g_proj.bias"}
+
+
+def _is_write_gate(name: str) -> bool:
+    return name.endswith("w_ctx.weight") or any(name.endswith(k) for k in _WRITE_GATE_TWINS)
+
+
+def _start_write_gate(name: str, param, src: dict) -> None:
+    """A separate write gate (FwPKMConfig.write_gate="separate") warm-started from a shared-gate model: its
+    token part copies the shared gate g and its context part starts at 0, so it writes exactly as the source."""
+    if name.endswith("w_ctx.weight"):
+        param.zero_()
+        return
+    suffix = next(k for k in _WRITE_GATE_TWINS if name.endswith(k))
+    twin = name[: -len(suffix)] + _WRITE_GATE_TWINS[suffix]
+    if twin not in src or src[twin].shape != param.shape:
+        raise ConfigError(f"warm start: {name} needs the source's {twin} to start from")
+    param.copy_(src[twin])

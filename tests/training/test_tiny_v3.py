@@ -1,0 +1,79 @@
+"""The tiny-v3 recipe (issue 15): v2 with a separate write gate, warm-started from the v2 checkpoint."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from fwpkm_rag.errors import ConfigError
+from fwpkm_rag.fingerprint import sha256_file
+from fwpkm_rag.modeling.config import FwPKMModelConfig
+from fwpkm_rag.modeling.model import FwPKMForCausalLM
+from fwpkm_rag.training import recipes
+from fwpkm_rag.training.loop import TrainConfig, train
+from fwpkm_rag.training.warm_start import warm_start
+
+
+def _v2_like(seed=0):
+    torch.manual_seed(seed)
+    model = FwPKMForCausalLM(FwPKMModelConfig.preset("tiny-v2"))
+    with torch.no_grad():  # a gate that is not the init's, so copying it is visible
+        for block in model.fwpkm_modules:
+            block.g_proj.weight.normal_(0, 0.3)
+            block.g_proj.bias.fill_(0.7)
+            block.g_norm.weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_tiny_v3_preset_is_v2_with_a_separate_write_gate():
+    v2, v3 = FwPKMModelConfig.preset("tiny-v2"), FwPKMModelConfig.preset("tiny-v3")
+    assert v3.fwpkm_config.write_gate == "separate" and v2.fwpkm_config.write_gate == "shared"
+    assert v3.fwpkm_config.replace(write_gate="shared") == v2.fwpkm_config
+    assert v3.tokenizer == v2.tokenizer
+
+
+def test_warm_start_from_v2_starts_the_write_gate_as_v2s_gate_and_computes_exactly_what_v2_does():
+    v2 = _v2_like()
+    v3 = FwPKMForCausalLM(FwPKMModelConfig.preset("tiny-v3")).eval()
+    warm_start(v3, v2)
+    for b2, b3 in zip(v2.fwpkm_modules, v3.fwpkm_modules):
+        assert torch.equal(b3.w_proj.weight, b2.g_proj.weight) and torch.equal(b3.w_proj.bias, b2.g_proj.bias)
+        assert torch.equal(b3.w_norm.weight, b2.g_norm.weight)
+        assert torch.count_nonzero(b3.w_ctx.weight) == 0
+    assert torch.equal(v3.embed_tokens.weight, v2.embed_tokens.weight)  # same tokenizer: every row as it was
+    ids = torch.randint(0, 32768, (1, 300))
+    with torch.no_grad():
+        c2, c3 = v2.init_cache(1), v3.init_cache(1)
+        a, b = v2(ids, cache=c2, return_memory=True), v3(ids, cache=c3, return_memory=True)
+    assert torch.equal(a.logits, b.logits)
+    for (s2, w2, g2), (s3, w3, g3) in zip(a.memory_reads, b.memory_reads):
+        assert torch.equal(s2, s3) and torch.equal(g2, g3)
+
+
+def test_tiny_v3_refuses_a_source_that_is_not_the_pinned_v2(tmp_path):
+    with pytest.raises(ConfigError, match="no model.safetensors: pass the v2 checkpoint"):
+        recipes.warm_start_source(recipes.recipe("tiny-v3"), str(tmp_path / "missing"))
+    _v2_like().save_pretrained(str(tmp_path))
+    with pytest.raises(ConfigError, match="the v2 checkpoint"):
+        recipes.warm_start_source(recipes.recipe("tiny-v3"), str(tmp_path))
+
+
+def test_tiny_v3_trains_resumes_like_an_uninterrupted_run_and_logs_the_write_gates(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    src = tmp_path / "v2"
+    _v2_like().save_pretrained(str(src))
+    pinned = dataclasses.replace(recipes.RECIPES["tiny-v3"], warm_start_sha256=sha256_file(str(src / "model.safetensors")))
+    monkeypatch.setitem(recipes.RECIPES, "tiny-v3", pinned)
+    common = dict(preset="tiny-v3", stage_steps=(3,), log_every=1, save_every=1, warmup=1, warm_start=str(src))
+    train(TrainConfig(out_dir=str(tmp_path / "a"), resume=False, **common))
+    train(TrainConfig(out_dir=str(tmp_path / "b"), max_steps=2, resume=False, **common))
+    train(TrainConfig(out_dir=str(tmp_path / "b"), resume=True, **common))
+    log = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl")]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert {"gate0_fact", "gate0_filler", "gate1_fact", "gate1_filler", "gate_aux"} <= set(log[-1])
+    a = FwPKMForCausalLM.from_pretrained(str(tmp_path / "a" / "checkpoint"))
+    b = FwPKMForCausalLM.from_pretrained(str(tmp_path / "b" / "checkpoint")).state_dict()
+    assert a.config.fwpkm_config.write_gate == "separate"
+    assert all(torch.count_nonzero(block.w_ctx.weight) > 0 for block in a.fwpkm_modules)  # the context part learns
+    for name, value in a.state_dict().items():
+        torch.testing.assert_close(value, b[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -146,12 +146,18 @@ def gate_separation_loss(memory_reads, roles: torch.Tensor) -> torch.Tensor:
 
 
 def _optimizer(model, cfg: TrainConfig):
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=_peak_lr(cfg), betas=(0.9, 0.95),
-    )
+    # Weights new to a warm-started model (the recipe's `fast_params`) learn at lr_scale x the schedule.
+    rec = recipe(cfg.preset)
+    fast = lambda name: any(part in name for part in rec.fast_params)  # noqa: E731
+    groups = []
+    for is_fast in (False, True):
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and fast(n) == is_fast]
+        scale = rec.fast_lr_scale if is_fast else 1.0
+        for decays in (True, False):
+            chosen = [p for n, p in params if (p.dim() >= 2) == decays]
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": cfg.weight_decay if decays else 0.0, "lr_scale": scale})
+    return torch.optim.AdamW(groups, lr=_peak_lr(cfg), betas=(0.9, 0.95))
 
 
 def _peak_lr(cfg: TrainConfig) -> float:
@@ -269,7 +275,7 @@ def train(cfg: TrainConfig) -> dict:
         stage = _stage_at(stages, step)
         ids, weights, is_fact = (x.to(device) for x in maker.batch(stage, step))
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, total, cfg)
+            group["lr"] = _lr_at(step, total, cfg) * group.get("lr_scale", 1.0)
         log_now = (step + 1) % cfg.log_every == 0 or step + 1 == total
         loss, answer_loss, out = weighted_lm_loss(wrapped.module if world > 1 else model, ids, weights,
                                                   return_memory=log_now or gate_aux > 0)

@@ -34,6 +34,8 @@ class Recipe:
     warm_start_sha256: Optional[str] = None  # start from the checkpoint whose model.safetensors has this hash
     gate_aux: float = 0.0  # weight of loop.gate_separation_loss (0: off)
     lr_replan: Optional[tuple] = None  # (at, planned): the schedule assumed `planned` steps until step `at`
+    fast_params: tuple = ()  # parameter-name parts of weights new to the warm start (learn at fast_lr_scale x)
+    fast_lr_scale: float = 1.0
     warm_start_name: str = "the v1 default"  # what the pinned checkpoint is (for errors)
     warm_start_path: Optional[str] = None  # where it is by default (None: the shipped default model)
 
@@ -46,10 +48,14 @@ RECIPES = {
                       # the run was launched as 500 + 900 steps; at step 640, once its speed on the reserved
                       # core was known (3.4 s per 4K step), stage 2 was lengthened to fill the session
                       lr_replan=(640, 1400)),
-    # v3 refines v2: the only new weights are the write gates' (which start as v2's gate), so a lower peak
+    # v3 refines v2: the only new weights are the write gates' (which start as v2's gate), so a lower peak.
+    # The separation term now acts on the write gate alone (the output mix no longer pulls against it), so it
+    # is 10x v2's. Layer 0's write gate still moved slowly (filler 0.55 -> 0.52 in 90 steps at 0.1, about as
+    # slowly at 0.5): its context weights start at 0 and Adam moves each by ~lr per step, so they learn at 10x.
     "tiny-v3": Recipe("tiny-v3", CURRICULUM_V3, ChainEpisodeMaker, lr=3e-4, recall_init=False,
-                      warm_start_sha256=V2_SHA256, gate_aux=0.1, warm_start_name="the v2 checkpoint",
-                      warm_start_path=os.path.join("runs", "tiny-v2", "checkpoint")),
+                      warm_start_sha256=V2_SHA256, gate_aux=0.5, warm_start_name="the v2 checkpoint",
+                      warm_start_path=os.path.join("runs", "tiny-v2", "checkpoint"),
+                      fast_params=(".w_ctx.", ".w_proj.", ".w_norm."), fast_lr_scale=10.0),
     "paper": Recipe("paper", CURRICULUM, EpisodeMaker, lr=1e-3, recall_init=True),
 }
 

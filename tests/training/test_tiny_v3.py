@@ -77,3 +77,17 @@ def test_tiny_v3_trains_resumes_like_an_uninterrupted_run_and_logs_the_write_gat
     assert all(torch.count_nonzero(block.w_ctx.weight) > 0 for block in a.fwpkm_modules)  # the context part learns
     for name, value in a.state_dict().items():
         torch.testing.assert_close(value, b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_write_gates_learn_at_the_recipes_fast_rate_and_other_recipes_keep_two_groups():
+    from fwpkm_rag.training.loop import _optimizer
+
+    v3 = FwPKMForCausalLM(FwPKMModelConfig.preset("tiny-v3"))
+    opt = _optimizer(v3, TrainConfig(preset="tiny-v3"))
+    scale_of = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    assert len(scale_of) == sum(1 for _ in v3.parameters())  # every parameter, once
+    for name, p in v3.named_parameters():
+        new = any(part in name for part in (".w_ctx.", ".w_proj.", ".w_norm."))
+        assert scale_of[id(p)] == (10.0 if new else 1.0), name
+    v2_groups = _optimizer(_v2_like(), TrainConfig(preset="tiny-v2")).param_groups
+    assert [(g["weight_decay"], g["lr_scale"]) for g in v2_groups] == [(0.01, 1.0), (0.0, 1.0)]

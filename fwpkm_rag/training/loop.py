@@ -311,7 +311,7 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0 and (step % cfg.save_every == 0 or step == total):
             save_checkpoint(model, opt, ckpt, step, cfg)
             plot_losses(history, os.path.join(cfg.out_dir, "loss.png"))
-            if step == total and recipe(cfg.preset).model_preset == "tiny-v2":
+            if step == total and recipe(cfg.preset).model_preset in ("tiny-v2", "tiny-v3"):
                 from fwpkm_rag.training.export import save_compact
 
                 save_compact(model, os.path.join(cfg.out_dir, "model-fp16"))  # the shippable copy (<= 30 MB)

@@ -128,13 +128,15 @@ def weighted_lm_loss(model, ids: torch.Tensor, weights: torch.Tensor, return_mem
 
 
 def gate_separation_loss(memory_reads, roles: torch.Tensor) -> torch.Tensor:
-    """Balanced binary cross-entropy of every FwPKM layer's gate g_t against "is a fact token" (roles == 1) on
+    """Balanced binary cross-entropy of every FwPKM layer's write gate (g_t itself unless the layer has a separate
+    write gate, FwPKMConfig.write_gate) against "is a fact token" (roles == 1) on
     fact and filler (roles == 0) tokens; other tokens (questions, answers: roles == 2) are free, since reading
     there needs an open gate. Why: g_t scales both the read and the write of token t (spec §5-6); filler that
     writes at g ≈ 0.6 overwrites facts in long haystacks (v1: 0.63 fact vs 0.58 filler at layer 0), and the
     LM loss alone did not separate them in v1's budget. Balanced (mean over facts + mean over filler) so the
     rare facts weigh as much as the filler. Layer 0's gate sees only the token itself (its input is the
-    embedding), so there it can learn only which tokens tend to be facts; later layers see context."""
+    embedding), so there a shared gate can learn only which tokens tend to be facts; later layers, and a
+    separate write gate (it also reads the conv'd query), see context."""
     fact, filler = roles == 1, roles == 0
     total = roles.new_zeros((), dtype=torch.float32)
     if not fact.any() or not filler.any():

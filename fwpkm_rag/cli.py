@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-reader", action="store_true", help="answers: skip the SmolLM2 reader")
     bench.set_defaults(run=_bench)
     tr = sub.add_parser("train", help="train a model through its memory updates (resumable; CPU, CUDA or torchrun)")
-    tr.add_argument("--preset", default="tiny", choices=["tiny", "tiny-v2", "tiny-v3", "paper"],
+    tr.add_argument("--preset", default="tiny", choices=["tiny", "tiny-v2", "tiny-v3", "tiny-v3-norm", "paper"],
                     help="training recipe (default tiny; tiny-v2 warm-starts from the v1 default, tiny-v3 from the v2 checkpoint; docs/model-card.md)")
     tr.add_argument("--out", default=None, help="run folder (default runs/PRESET): checkpoint/, log.jsonl, loss.png")
     tr.add_argument("--seed", type=int, default=0)

@@ -10,7 +10,7 @@ loss weight 2 and the other scored tokens 1.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
@@ -166,6 +166,8 @@ CURRICULUM_V3 = (
     ChainStage("1: 4K episodes, separate write gate", steps=1200, seq_len=4096, batch=1, facts=(4, 12), min_gap=640,
                distractors=0.6, question_share=0.2),
 )
+
+CURRICULUM_V3_NORM = (replace(CURRICULUM_V3[0], steps=600),)
 
 
 class ChainEpisodeMaker(EpisodeMaker):

@@ -78,6 +78,10 @@ def build_model(preset: str, recall_init: bool = True, seed: int = 0, warm_start
         from fwpkm_rag.training.warm_start import warm_start as copy_from
 
         copy_from(model, FwPKMForCausalLM.from_pretrained(warm_start_source(rec, warm_start)))
+        if rec.match_rows_from is not None:
+            from fwpkm_rag.training.warm_start import match_new_row_norms
+
+            match_new_row_norms(model, rec.match_rows_from)
     elif recall_init and rec.recall_init:
         recall_ready_init(model, layer=model.config.fwpkm_layers[0], seed=seed)
     return model

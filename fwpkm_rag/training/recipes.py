@@ -3,6 +3,8 @@
     tiny     from scratch with the recall-ready init; 8 train templates; stages A/B (docs/model-card.md v1)
     tiny-v2  warm-started from the shipped v1 checkpoint (pinned by its sha256, fwpkm_rag.training.warm_start);
              32,768-rank tokenizer, n = 256; grammar facts with chained values; stages 1/2 (model-card v2)
+    tiny-v3-norm  v3 with the new ranks' embedding rows scaled to the v1 rows' norm, then 600 more steps
+             (warm-started from the v3 checkpoint, pinned; model-card "v3")
     tiny-v3  warm-started from the v2 checkpoint (pinned by its sha256): a separate write gate per FwPKM layer
              that sees the query's conv context; 4K episodes of the v2 grammar data (model-card v3)
     paper    the spec's sizes with the v1 data (a GPU recipe; never run here)
@@ -15,13 +17,16 @@ from typing import Optional
 
 from fwpkm_rag.errors import ConfigError
 from fwpkm_rag.fingerprint import sha256_file
-from fwpkm_rag.training.data import CURRICULUM, CURRICULUM_V2, CURRICULUM_V3, ChainEpisodeMaker, EpisodeMaker
+from fwpkm_rag.training.data import (CURRICULUM, CURRICULUM_V2, CURRICULUM_V3, CURRICULUM_V3_NORM, ChainEpisodeMaker,
+                                    EpisodeMaker)
 
 # sha256 of fwpkm_rag/default_model/model.safetensors as shipped by `fwpkm-rag train --preset tiny` (v1):
 # tiny-v2 starts from exactly this file, even after a later default replaces it.
 V1_SHA256 = "14f7edc38e9a5de3b9a77d1d9641546231b43f68d38ab9652c3a803b19b6bbff"
 # sha256 of runs/tiny-v2/checkpoint/model.safetensors (fp32) at the end of `fwpkm-rag train --preset tiny-v2`
 V2_SHA256 = "ab16a4fb725a4faf8174009e4120a7d0f77d334a158bed5f6c204c16bd7e87e6"
+# sha256 of runs/tiny-v3/checkpoint/model.safetensors (fp32) at the end of `fwpkm-rag train --preset tiny-v3`
+V3_SHA256 = "f78bb224e71d3c9aeb983765bcb762ca9b0c056574cc887cd0a3450036d0cb91"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class Recipe:
     fast_lr_scale: float = 1.0
     warm_start_name: str = "the v1 default"  # what the pinned checkpoint is (for errors)
     warm_start_path: Optional[str] = None  # where it is by default (None: the shipped default model)
+    match_rows_from: Optional[int] = None  # after the warm start, warm_start.match_new_row_norms(model, this)
 
 
 RECIPES = {
@@ -56,6 +62,11 @@ RECIPES = {
                       warm_start_sha256=V2_SHA256, gate_aux=0.5, warm_start_name="the v2 checkpoint",
                       warm_start_path=os.path.join("runs", "tiny-v2", "checkpoint"),
                       fast_params=(".w_ctx.", ".w_proj.", ".w_norm."), fast_lr_scale=10.0),
+    # v3 + the new ranks' rows at the old rows' norm (failure mode 1 of the model card); run with --seed 1
+    "tiny-v3-norm": Recipe("tiny-v3", CURRICULUM_V3_NORM, ChainEpisodeMaker, lr=3e-4, recall_init=False,
+                           warm_start_sha256=V3_SHA256, gate_aux=0.5, warm_start_name="the v3 checkpoint",
+                           warm_start_path=os.path.join("runs", "tiny-v3", "checkpoint"),
+                           fast_params=(".w_ctx.", ".w_proj.", ".w_norm."), fast_lr_scale=10.0, match_rows_from=8192),
     "paper": Recipe("paper", CURRICULUM, EpisodeMaker, lr=1e-3, recall_init=True),
 }
 

@@ -111,3 +111,20 @@ def _start_write_gate(name: str, param, src: dict) -> None:
     if twin not in src or src[twin].shape != param.shape:
         raise ConfigError(f"warm start: {name} needs the source's {twin} to start from")
     param.copy_(src[twin])
+
+
+@torch.no_grad()
+def match_new_row_norms(model, old_k: int) -> float:
+    """Scale the embedding rows of the ranks a warm start added (old_k <= rank < k_ranks) to the mean norm of
+    the rows it copied (rank < old_k); returns that norm. Why: a new row starts as the mean of its pieces' rows,
+    so its norm is smaller (v2: 11.8 vs 17.4), and with a tied head the new token then scores below the old
+    token that starts its text (" h" for " haz"; docs/model-card.md "Why the grid does not move")."""
+    k_ranks = model.config.tokenizer["k_ranks"]
+    if not 0 < old_k < k_ranks:
+        raise ConfigError(f"match_new_row_norms needs 0 < old_k < k_ranks ({k_ranks}), got {old_k}")
+    emb = model.embed_tokens.weight  # (V, d)
+    target = emb[:old_k].norm(dim=1).mean()
+    new = emb[old_k:k_ranks]
+    new.mul_(target / new.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    return float(target)
+

@@ -91,3 +91,39 @@ def test_the_write_gates_learn_at_the_recipes_fast_rate_and_other_recipes_keep_t
         assert scale_of[id(p)] == (10.0 if new else 1.0), name
     v2_groups = _optimizer(_v2_like(), TrainConfig(preset="tiny-v2")).param_groups
     assert [(g["weight_decay"], g["lr_scale"]) for g in v2_groups] == [(0.01, 1.0), (0.0, 1.0)]
+
+
+def test_match_new_row_norms_scales_only_the_added_ranks_to_the_copied_rows_mean_norm():
+    from fwpkm_rag.training.warm_start import match_new_row_norms
+
+    model = _v2_like()
+    before = model.embed_tokens.weight.detach().clone()
+    target = match_new_row_norms(model, 8192)
+    after = model.embed_tokens.weight.detach()
+    torch.testing.assert_close(torch.tensor(target), before[:8192].norm(dim=1).mean())
+    assert torch.equal(after[:8192], before[:8192]) and torch.equal(after[32768:], before[32768:])  # old, specials
+    torch.testing.assert_close(after[8192:32768].norm(dim=1), torch.full((32768 - 8192,), target), rtol=1e-5, atol=0)
+    cos = torch.nn.functional.cosine_similarity(after[8192:32768], before[8192:32768], dim=1)
+    torch.testing.assert_close(cos, torch.ones_like(cos), rtol=0, atol=1e-5)  # directions kept
+    with pytest.raises(ConfigError, match="old_k"):
+        match_new_row_norms(model, 32768)
+
+
+def test_tiny_v3_norm_starts_as_its_pinned_v3_source_with_matched_rows(tmp_path, monkeypatch):
+    from fwpkm_rag.training.loop import build_model
+
+    src = FwPKMForCausalLM(FwPKMModelConfig.preset("tiny-v3"))
+    src.save_pretrained(str(tmp_path))
+    pinned = dataclasses.replace(recipes.RECIPES["tiny-v3-norm"],
+                                 warm_start_sha256=sha256_file(str(tmp_path / "model.safetensors")))
+    monkeypatch.setitem(recipes.RECIPES, "tiny-v3-norm", pinned)
+    model = build_model("tiny-v3-norm", warm_start=str(tmp_path))
+    emb = model.embed_tokens.weight.detach()
+    target = src.embed_tokens.weight.detach()[:8192].norm(dim=1).mean()
+    torch.testing.assert_close(emb[8192:32768].norm(dim=1), target.expand(32768 - 8192), rtol=1e-5, atol=0)
+    ref = src.state_dict()
+    for name, value in model.state_dict().items():
+        if name not in ("embed_tokens.weight", "lm_head.weight"):
+            assert torch.equal(value, ref[name]), name
+    with pytest.raises(ConfigError, match="the v3 checkpoint"):
+        recipes.warm_start_source(recipes.recipe("tiny-v3-norm"), str(tmp_path / "nowhere"))

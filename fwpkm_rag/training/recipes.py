@@ -27,6 +27,7 @@ V1_SHA256 = "14f7edc38e9a5de3b9a77d1d9641546231b43f68d38ab9652c3a803b19b6bbff"
 V2_SHA256 = "ab16a4fb725a4faf8174009e4120a7d0f77d334a158bed5f6c204c16bd7e87e6"
 # sha256 of runs/tiny-v3/checkpoint/model.safetensors (fp32) at the end of `fwpkm-rag train --preset tiny-v3`
 V3_SHA256 = "f78bb224e71d3c9aeb983765bcb762ca9b0c056574cc887cd0a3450036d0cb91"
+WRITE_GATE_PARAMS = (".w_ctx.", ".w_proj.", ".w_norm.")  # the separate write gate's weights (memory/layer.py)
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,12 @@ RECIPES = {
     "tiny-v3": Recipe("tiny-v3", CURRICULUM_V3, ChainEpisodeMaker, lr=3e-4, recall_init=False,
                       warm_start_sha256=V2_SHA256, gate_aux=0.5, warm_start_name="the v2 checkpoint",
                       warm_start_path=os.path.join("runs", "tiny-v2", "checkpoint"),
-                      fast_params=(".w_ctx.", ".w_proj.", ".w_norm."), fast_lr_scale=10.0),
+                      fast_params=WRITE_GATE_PARAMS, fast_lr_scale=10.0),
     # v3 + the new ranks' rows at the old rows' norm (failure mode 1 of the model card); run with --seed 1
     "tiny-v3-norm": Recipe("tiny-v3", CURRICULUM_V3_NORM, ChainEpisodeMaker, lr=3e-4, recall_init=False,
                            warm_start_sha256=V3_SHA256, gate_aux=0.5, warm_start_name="the v3 checkpoint",
                            warm_start_path=os.path.join("runs", "tiny-v3", "checkpoint"),
-                           fast_params=(".w_ctx.", ".w_proj.", ".w_norm."), fast_lr_scale=10.0, match_rows_from=8192),
+                           fast_params=WRITE_GATE_PARAMS, fast_lr_scale=10.0, match_rows_from=8192),
     "paper": Recipe("paper", CURRICULUM, EpisodeMaker, lr=1e-3, recall_init=True),
 }
 
